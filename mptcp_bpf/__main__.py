@@ -1,0 +1,3 @@
+from mptcp_bpf.cli.main import main
+
+raise SystemExit(main())
