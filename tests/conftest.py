@@ -20,3 +20,12 @@ def pytest_collection_modifyitems(config, items):
 def leftover_namespaces(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Report namespaces left behind: each test must clean up what it made."""
+    if os.geteuid() != 0:
+        return
+    left = leftover_namespaces("mpb")
+    if left:
+        print(f"\nWARNING: network namespaces named mpb* exist after the run: {left}")
