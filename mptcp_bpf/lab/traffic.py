@@ -1,0 +1,202 @@
+"""Small traffic tools for lab tests and the reference benchmark, run inside a node with
+`python -m mptcp_bpf.lab.traffic COMMAND ...` (each prints one JSON line on stdout).
+
+  udp-recv --port P [--idle S] [--max-time S]     count datagrams, bytes, reordering, dups
+  udp-send DST --port P --count N [--rate BPS] [--size B]   paced in 1 ms batches
+  serve --port P --size N [--tcp] [--bind A] [--cc C]   accept one connection, send N bytes while
+                                                  reading the peer's N bytes
+  connect DST --port P --size N [--tcp] [--bind A]   the same, timed from connect() to done
+
+Datagrams start with an 8-byte sequence number. MPTCP sockets use IPPROTO_MPTCP (262).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+IPPROTO_MPTCP = 262
+CHUNK = 64 * 1024
+
+
+def udp_recv(port: int, idle: float, max_time: float, bind: str = "") -> dict:
+    fam = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind((bind, port))
+    print(json.dumps({"ready": True}), flush=True)
+    count = nbytes = reordered = dups = 0
+    highest = -1
+    seen: set[int] = set()
+    first = last = 0.0
+    start = time.monotonic()
+    while time.monotonic() - start < max_time:
+        wait = idle if count else max_time
+        r, _, _ = select.select([s], [], [], wait)
+        if not r:
+            break
+        data = s.recv(65536)
+        now = time.monotonic()
+        if not count:
+            first = now
+        last = now
+        count += 1
+        nbytes += len(data)
+        if len(data) >= 8:
+            seq = struct.unpack_from("!Q", data)[0]
+            if seq in seen:
+                dups += 1
+            else:
+                seen.add(seq)
+                if seq < highest:
+                    reordered += 1
+                highest = max(highest, seq)
+    return {"count": count, "unique": len(seen), "bytes": nbytes, "reordered": reordered,
+            "dups": dups, "duration": last - first}
+
+
+def udp_send(dst: str, port: int, count: int, rate: float, size: int) -> dict:
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    payload = bytearray(max(size, 8))
+    per_sec = rate / 8 / (size + 28) if rate else 0.0
+    start = time.monotonic()
+    sent = errors = 0
+    while sent < count:
+        if per_sec:
+            due = int((time.monotonic() - start) * per_sec) + 1
+            if sent >= due:
+                time.sleep(min(0.001, (sent + 1 - due) / per_sec + 0.0002))
+                continue
+            burst = min(count, due) - sent
+        else:
+            burst = min(64, count - sent)
+        for _ in range(burst):
+            struct.pack_into("!Q", payload, 0, sent)
+            try:
+                s.sendto(payload, (dst, port))
+            except (BlockingIOError, OSError):
+                errors += 1
+            sent += 1
+    return {"sent": sent, "errors": errors, "duration": time.monotonic() - start}
+
+
+def _stream_socket(dst_or_bind: str, tcp: bool, cc: str = "") -> socket.socket:
+    fam = socket.AF_INET6 if ":" in dst_or_bind else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM, 0 if tcp else IPPROTO_MPTCP)
+    if cc:
+        # per socket: a namespace's default may only be an allowed (non-restricted) one
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+    return s
+
+
+def _exchange(sock: socket.socket, size: int) -> tuple[int, float, float]:
+    """Send `size` bytes (then SHUT_WR) while reading until EOF; (received, t_sent, t_recv)."""
+    t0 = time.monotonic()
+    done_send = [0.0]
+    error: list[BaseException] = []
+
+    def sender() -> None:
+        buf = memoryview(bytes(CHUNK))
+        left = size
+        try:
+            while left:
+                n = sock.send(buf[:min(CHUNK, left)])
+                left -= n
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            error.append(exc)
+        done_send[0] = time.monotonic() - t0
+
+    th = threading.Thread(target=sender, daemon=True)
+    th.start()
+    got = 0
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        got += len(data)
+    t_recv = time.monotonic() - t0
+    th.join()
+    if error:
+        raise error[0]
+    return got, done_send[0], t_recv
+
+
+def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "") -> dict:
+    ls = _stream_socket(bind, tcp, cc)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, port))
+    ls.listen(4)
+    ls.settimeout(timeout)
+    print(json.dumps({"ready": True}), flush=True)
+    conn, peer = ls.accept()
+    if cc:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+    conn.settimeout(timeout)
+    got, t_send, t_recv = _exchange(conn, size)
+    conn.close()
+    ls.close()
+    return {"received": got, "sent": size, "send_time": t_send, "recv_time": t_recv, "peer": peer[0]}
+
+
+def connect(dst: str, port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "") -> dict:
+    s = _stream_socket(dst, tcp, cc)
+    if bind:
+        s.bind((bind, 0))
+    s.settimeout(timeout)
+    t0 = time.monotonic()
+    s.connect((dst, port))
+    got, t_send, t_recv = _exchange(s, size)
+    elapsed = time.monotonic() - t0
+    s.close()
+    return {"received": got, "sent": size, "elapsed": elapsed, "send_time": t_send, "recv_time": t_recv}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mptcp_bpf.lab.traffic", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("udp-recv")
+    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--bind", default="")
+    r.add_argument("--idle", type=float, default=1.0)
+    r.add_argument("--max-time", type=float, default=60.0)
+    s = sub.add_parser("udp-send")
+    s.add_argument("dst")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--rate", type=float, default=0.0, help="bit/s on the wire at IP level; 0 = flat out")
+    s.add_argument("--size", type=int, default=1000)
+    for name in ("serve", "connect"):
+        c = sub.add_parser(name)
+        if name == "connect":
+            c.add_argument("dst")
+        c.add_argument("--port", type=int, required=True)
+        c.add_argument("--size", type=int, required=True)
+        c.add_argument("--tcp", action="store_true", help="plain TCP instead of MPTCP")
+        c.add_argument("--bind", default="")
+        c.add_argument("--timeout", type=float, default=120.0)
+        c.add_argument("--cc", default="", help="congestion control of the socket, e.g. cubic")
+    a = p.parse_args(argv)
+    if a.cmd == "udp-recv":
+        out = udp_recv(a.port, a.idle, a.max_time, a.bind)
+    elif a.cmd == "udp-send":
+        out = udp_send(a.dst, a.port, a.count, a.rate, a.size)
+    elif a.cmd == "serve":
+        out = serve(a.port, a.size, a.tcp, a.bind, a.timeout, a.cc)
+    else:
+        out = connect(a.dst, a.port, a.size, a.tcp, a.bind, a.timeout, a.cc)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

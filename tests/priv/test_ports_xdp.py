@@ -1,0 +1,146 @@
+"""XdpPort over the real fast path: the kernel's SYN to a listener arrives Ethernet-free
+with its metadata, and the RST we send (next hop resolved through the kernel) reaches it."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import select
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from mptcp_bpf.datapath import structs as S
+from mptcp_bpf.datapath.tun import run_in_netns
+
+pytestmark = pytest.mark.priv
+
+_BENCH = pathlib.Path(__file__).resolve().parents[2] / "tools" / "bench_xsk.py"
+_spec = importlib.util.spec_from_file_location("mpbx_bench_xsk", _BENCH)
+bench = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(bench)  # type: ignore[union-attr]
+
+from test_tun import answer  # noqa: E402  same directory (rootdir-relative import)
+
+PORT = 5555
+
+
+class StandIn:
+    """The fast path's set_xsk contract over the minimal redirect program (TCP to PORT,
+    struct mpb_meta in front): tests XdpPort whether or not the full fast path loads."""
+
+    def __init__(self, lab) -> None:
+        from mptcp_bpf.datapath.xsk import RedirectProgram
+
+        self.prog = RedirectProgram("xb", PORT, netns=lab.b, udp=False, tcp=True,
+                                    mpb_meta=True)
+        self.ifindex = lab.ifindex_b
+
+    def set_xsk(self, ifindex: int, queue: int, fd: int | None) -> None:
+        assert ifindex == self.ifindex
+        self.prog.set_xsk(queue, fd)
+
+    def close(self) -> None:
+        self.prog.close()
+
+
+@pytest.fixture(scope="module", params=["stand-in", "fastpath"])
+def env(request):
+    """A veth lab with either the stand-in or the real fast path on xb (once per module:
+    compiling with bcc is slow)."""
+    from mptcp_bpf.datapath import pins
+
+    with bench.VethLab("mpbx-p") as lab:
+        if request.param == "stand-in":
+            fp = StandIn(lab)
+            cleanup = fp.close
+        else:
+            from mptcp_bpf.datapath.loader import FastPath
+
+            pin = pins.pin_dir(lab.b)
+            try:
+                fp = FastPath.load(["xb"], netns=lab.b)
+            except BaseException:
+                pins.remove_dir(pin)  # whatever a failed load left pinned
+                raise
+            fp.add_listener(socket.AF_INET, None, PORT)
+            fp.add_listener(socket.AF_INET6, None, PORT)
+
+            def cleanup() -> None:
+                try:
+                    fp.unload(["xb"], force=True)
+                finally:
+                    fp.close()
+                    pins.remove_dir(pin)
+        try:
+            yield lab, fp
+        finally:
+            cleanup()
+
+
+@pytest.fixture
+def port(env):
+    from mptcp_bpf.datapath.ports import XdpPort
+
+    lab, fp = env
+    # no neighbours on our side: the port must resolve them through the kernel
+    subprocess.run(["ip", "-n", lab.b, "neigh", "flush", "dev", "xb", "nud", "all"], timeout=30)
+    p = XdpPort("xb", fp, netns=lab.b)
+    try:
+        yield lab, fp, p
+    finally:
+        p.close()
+
+
+def serve(p, seen, stop):
+    """Answer every SYN with a RST until stopped (what a closed port does)."""
+    while not stop.is_set():
+        if not select.select([p], [], [], 0.05)[0]:
+            continue
+        batch = p.recv_batch(64)
+        seen.extend(batch)
+        replies = [a for a in (answer(bytes(pkt)) for pkt, _ in batch) if a]
+        if replies:
+            p.send_batch(replies)
+
+
+@pytest.mark.parametrize("family,dst", [(socket.AF_INET, "10.9.0.2"),
+                                        (socket.AF_INET6, "fd09::2")])
+def test_syn_in_rst_out(port, family, dst):
+    lab, fp, p = port
+    seen: list = []
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(p, seen, stop), daemon=True)
+    t.start()
+
+    def connect() -> None:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect((dst, PORT))
+
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            run_in_netns(lab.a, connect)
+    finally:
+        stop.set()
+        t.join(5)
+    assert seen, "no SYN reached the port"
+    pkt, meta = seen[0]
+    assert pkt[0] >> 4 == (4 if family == socket.AF_INET else 6)  # Ethernet stripped
+    m = S.Meta.parse(meta)
+    assert m is not None and m.flags & S.MPB_F_LISTENER
+    assert m.l3_off == 14
+    st = p.stats()
+    assert st["tx_packets"] >= 1
+    assert st["rx_dropped"] == st["rx_ring_full"] == 0
+    assert p.neigh.resolutions >= 1  # the peer's MAC came from the kernel
+
+
+def test_not_owned_traffic_stays_with_kernel(port):
+    lab, fp, p = port
+    r = subprocess.run(["ip", "netns", "exec", lab.a, "ping", "-c", "2", "-i", "0.2", "-W", "5",
+                        "10.9.0.2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.recv_batch(64) == []
