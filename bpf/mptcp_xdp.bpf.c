@@ -52,6 +52,8 @@ struct mpb_scratch {
 	u32 unknown;
 };
 BPF_PERCPU_ARRAY(scratch, struct mpb_scratch, 1);
+/* A volatile load: the compiler may not reuse the value it stored. */
+#define SC(f) (*(volatile u32 *)&sc->f)
 
 static long (*xdp_load_bytes)(struct xdp_md *ctx, u32 offset, void *buf, u32 len) =
 	(void *)BPF_FUNC_xdp_load_bytes;
@@ -165,8 +167,8 @@ int xdp_main(struct xdp_md *ctx)
 		key.family = AF_INET;
 		__builtin_memcpy(key.saddr, &ip->saddr, 4);
 		__builtin_memcpy(key.daddr, &ip->daddr, 4);
-		sc->l4 = l3 + ihl;
-		sc->end = l3 + tot;
+		SC(l4) = l3 + ihl;
+		SC(end) = l3 + tot;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + l3;
 		if ((void *)(ip6 + 1) > data_end) {
@@ -177,13 +179,13 @@ int xdp_main(struct xdp_md *ctx)
 		__builtin_memcpy(key.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(key.daddr, &ip6->daddr, 16);
 		mflags |= MPB_F_IPV6;
-		sc->nh = ip6->nexthdr;
-		sc->l4 = l3 + sizeof(*ip6);
-		sc->end = l3 + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+		SC(nh) = ip6->nexthdr;
+		SC(l4) = l3 + sizeof(*ip6);
+		SC(end) = l3 + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
 		/* Extension headers (RFC 8200 §4), a bounded number of them. */
 		for (int i = 0; i < MAX_EXT_HDRS; i++) {
-			u32 nh = sc->nh;
-			u32 x4 = sc->l4;
+			u32 nh = SC(nh);
+			u32 x4 = SC(l4);
 			if (nh == IPPROTO_TCP)
 				break;
 			if (x4 > MAX_L4_OFF) {
@@ -196,23 +198,23 @@ int xdp_main(struct xdp_md *ctx)
 				return XDP_PASS;
 			}
 			if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
-				sc->l4 = x4 + ((u32)x[1] + 1) * 8;
+				SC(l4) = x4 + ((u32)x[1] + 1) * 8;
 			} else if (nh == IPPROTO_FRAGMENT) {
 				/* offset != 0 or more fragments: not a whole segment */
 				if (((x[2] << 8) | x[3]) & 0xfff9) {
 					c->v[MPB_C_FRAGMENT]++;
 					return XDP_PASS;
 				}
-				sc->l4 = x4 + 8;
+				SC(l4) = x4 + 8;
 			} else if (nh == IPPROTO_AH) {
-				sc->l4 = x4 + ((u32)x[1] + 2) * 4;
+				SC(l4) = x4 + ((u32)x[1] + 2) * 4;
 			} else {
 				c->v[MPB_C_NOT_TCP]++;
 				return XDP_PASS;
 			}
-			sc->nh = x[0];
+			SC(nh) = x[0];
 		}
-		if (sc->nh != IPPROTO_TCP) {
+		if (SC(nh) != IPPROTO_TCP) {
 			c->v[MPB_C_NOT_TCP]++;
 			return XDP_PASS;
 		}
@@ -221,8 +223,8 @@ int xdp_main(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	u32 l4 = sc->l4;
-	u32 end = sc->end;
+	u32 l4 = SC(l4);
+	u32 end = SC(end);
 	if (l4 > MAX_L4_OFF || end > (u32)(data_end - data) || end < l4 + 20 || end > 0xffff) {
 		c->v[MPB_C_MALFORMED]++;
 		return XDP_PASS;
@@ -244,12 +246,12 @@ int xdp_main(struct xdp_md *ctx)
 
 	/* Bounded TCP option loop: at most 40 bytes, each option at least one byte.  The
 	 * cursor and the findings live in scratch so every iteration looks alike. */
-	sc->opt = 20;
-	sc->mask = 0;
-	sc->dss_off = 0;
-	sc->dss_len = 0;
+	SC(opt) = 20;
+	SC(mask) = 0;
+	SC(dss_off) = 0;
+	SC(dss_len) = 0;
 	for (int i = 0; i < 40; i++) {
-		u32 opt = sc->opt;
+		u32 opt = SC(opt);
 		if (opt >= doff || opt > 60)
 			break;
 		u8 *p = data + l4 + opt;
@@ -259,7 +261,7 @@ int xdp_main(struct xdp_md *ctx)
 		if (kind == 0)
 			break;
 		if (kind == 1) {
-			sc->opt = opt + 1;
+			SC(opt) = opt + 1;
 			continue;
 		}
 		if ((void *)(p + 3) > data_end) {
@@ -274,17 +276,17 @@ int xdp_main(struct xdp_md *ctx)
 		if (kind == TCPOPT_MPTCP && olen >= 3) {
 			u32 st = p[2] >> 4;
 			if (st < MPB_ST_COUNT)
-				sc->mask |= 1 << st;
+				SC(mask) |= 1 << st;
 			else
 				c->v[MPB_C_SUBTYPE_UNKNOWN]++;
-			if (st == MPB_ST_DSS && !sc->dss_off) {
-				sc->dss_off = l4 + opt;
-				sc->dss_len = olen;
+			if (st == MPB_ST_DSS && !SC(dss_off)) {
+				SC(dss_off) = l4 + opt;
+				SC(dss_len) = olen;
 			}
 		}
-		sc->opt = opt + olen;
+		SC(opt) = opt + olen;
 	}
-	u32 mask = sc->mask & 0x1ff;
+	u32 mask = SC(mask) & 0x1ff;
 	if (mask) {
 		c->v[MPB_C_MPTCP]++;
 		mflags |= MPB_F_MPTCP;
@@ -341,8 +343,8 @@ int xdp_main(struct xdp_md *ctx)
 	}
 
 	/* DSS (8684 §3.3): kind, len, subtype, flags [F m M a A], data ACK, mapping. */
-	u32 dss_off = sc->dss_off;
-	u32 dss_len = sc->dss_len;
+	u32 dss_off = SC(dss_off);
+	u32 dss_len = SC(dss_len);
 	if (dss_off && dss_len >= 4 && dss_len <= 28) {
 		u8 d[32];
 		__builtin_memset(d, 0, sizeof(d));

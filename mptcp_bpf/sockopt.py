@@ -514,3 +514,103 @@ def tcp_info_offsets() -> dict[str, int]:
         out[name] = off
         off += size
     return out
+
+
+# --------------------------------------------------------------------------- MPTCP_INFO
+# The multipath-tcp.org releases' include/uapi/linux/tcp.h: getsockopt(MPTCP_INFO) takes a
+# struct mptcp_info of lengths and user pointers, and fills what the pointers point to.
+
+_MPTCP_INFO = struct.Struct("=5I4xQQQQ")   # 5 lengths, then meta_info, initial, subflows,
+MPTCP_INFO_SIZE = _MPTCP_INFO.size         # subflow_info pointers: 56 bytes
+_META_INFO = struct.Struct("=4B6I4xQQ")
+MPTCP_META_INFO_SIZE = _META_INFO.size     # 48
+SUB_INFO_ADDR_SIZE = SOCKADDR_IN6_SIZE     # each union holds a sockaddr_in6 at most
+MPTCP_SUB_INFO_SIZE = 2 * SUB_INFO_ADDR_SIZE  # 56
+
+
+@dataclass
+class MptcpInfo:
+    """struct mptcp_info: buffer lengths (in and out) and user-space pointers (integers)."""
+
+    tcp_info_len: int = 0
+    sub_len: int = 0
+    meta_len: int = 0
+    sub_info_len: int = 0
+    total_sub_info_len: int = 0
+    meta_info: int = 0
+    initial: int = 0
+    subflows: int = 0
+    subflow_info: int = 0
+
+    def pack(self) -> bytes:
+        return _MPTCP_INFO.pack(self.tcp_info_len, self.sub_len, self.meta_len,
+                                self.sub_info_len, self.total_sub_info_len, self.meta_info,
+                                self.initial, self.subflows, self.subflow_info)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> "MptcpInfo":
+        """Like the kernel, reads min(len, 56) bytes; the rest is zero."""
+        raw = bytes(buf[:MPTCP_INFO_SIZE]).ljust(MPTCP_INFO_SIZE, b"\0")
+        return cls(*_MPTCP_INFO.unpack(raw))
+
+
+@dataclass
+class MptcpMetaInfo:
+    """struct mptcp_meta_info: the connection-level counterpart of tcp_info."""
+
+    state: int = 0
+    retransmits: int = 0
+    probes: int = 0
+    backoff: int = 0
+    rto: int = 0                 # microseconds
+    unacked: int = 0
+    last_data_sent: int = 0      # milliseconds ago
+    last_data_recv: int = 0
+    last_ack_recv: int = 0
+    total_retrans: int = 0
+    bytes_acked: int = 0
+    bytes_received: int = 0
+
+    def pack(self, length: int = MPTCP_META_INFO_SIZE) -> bytes:
+        vals = [getattr(self, f.name) for f in fields(self)]
+        return _META_INFO.pack(*(int(v) & (0xFF if i < 4 else (0xFFFFFFFF if i < 10
+                                                                else (1 << 64) - 1))
+                                 for i, v in enumerate(vals)))[:max(0, length)]
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> "MptcpMetaInfo":
+        raw = bytes(buf[:MPTCP_META_INFO_SIZE]).ljust(MPTCP_META_INFO_SIZE, b"\0")
+        return cls(*_META_INFO.unpack(raw))
+
+
+def _sockaddr_union(addr: SockAddr) -> bytes:
+    return addr.pack().ljust(SUB_INFO_ADDR_SIZE, b"\0")
+
+
+@dataclass
+class SubInfo:
+    """struct mptcp_sub_info: source and destination, each in a 28-byte sockaddr union."""
+
+    src: SockAddr
+    dst: SockAddr
+
+    def pack(self, length: int = MPTCP_SUB_INFO_SIZE) -> bytes:
+        return (_sockaddr_union(self.src) + _sockaddr_union(self.dst))[:max(0, length)]
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> "SubInfo":
+        if len(buf) < MPTCP_SUB_INFO_SIZE:
+            raise _err(errno.EINVAL, f"mptcp_sub_info needs {MPTCP_SUB_INFO_SIZE} bytes")
+        return cls(SockAddr.unpack(buf, 0), SockAddr.unpack(buf, SUB_INFO_ADDR_SIZE))
+
+
+def fill_array(items: list[bytes], each: int, total: int) -> tuple[bytes, int]:
+    """MPTCP_INFO's arrays (subflows, subflow_info): entries truncated to `each` bytes,
+    as many as fit in `total`; returns the bytes and the length written (new sub_len)."""
+    each = max(0, each)
+    out = bytearray()
+    for item in items:
+        if each == 0 or len(out) + each > total:
+            break
+        out += item[:each].ljust(each, b"\0")
+    return bytes(out), len(out)

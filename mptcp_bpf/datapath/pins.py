@@ -40,7 +40,7 @@ CLONE_NEWNET = 0x40000000
 
 def _netns_path(netns: str | None) -> str:
     if netns is None:
-        return "/proc/self/ns/net"
+        return "/proc/thread-self/ns/net"
     if "/" in netns:
         return netns
     return f"/run/netns/{netns}"

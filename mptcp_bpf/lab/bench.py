@@ -91,11 +91,11 @@ Hook = Callable[[Lab, Case], float]
 
 def _default_transfer(lab: Lab, case: Case, timeout: float, cc: str) -> float:
     server = start(lab, "server", "mptcp_bpf.lab.traffic", "serve", "--port", str(PORT),
-                   "--size", str(case.size), "--timeout", str(timeout), "--cc", cc)
+                   "--size", str(case.size), "--timeout", str(timeout), "--cc", cc, "--rt")
     try:
         client = lab.popen("client", py("mptcp_bpf.lab.traffic", "connect", lab.addresses("server")[0],
                                         "--port", str(PORT), "--size", str(case.size),
-                                        "--timeout", str(timeout), "--cc", cc),
+                                        "--timeout", str(timeout), "--cc", cc, "--rt"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         res = finish(client, timeout + 10)
         srv = finish(server, 30)
@@ -119,7 +119,7 @@ def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: 
         time.sleep(1.0)  # let it listen
     else:
         server = start(lab, "server", "mptcp_bpf.lab.traffic", "serve", "--port", str(PORT),
-                       "--size", str(case.size), "--timeout", str(timeout), "--cc", cc)
+                       "--size", str(case.size), "--timeout", str(timeout), "--cc", cc, "--rt")
     try:
         if client_cmd:
             t0 = time.monotonic()
@@ -133,7 +133,7 @@ def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: 
                     return float(json.loads(line)["elapsed"])
             return wall
         client = lab.popen("client", py("mptcp_bpf.lab.traffic", "connect", fmt["addr"], "--port", str(PORT),
-                                        "--size", str(case.size), "--timeout", str(timeout), "--cc", cc),
+                                        "--size", str(case.size), "--timeout", str(timeout), "--cc", cc, "--rt"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return float(finish(client, timeout + 10)["elapsed"])
     finally:

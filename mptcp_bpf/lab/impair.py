@@ -31,7 +31,7 @@ DIRS = ("up", "down")
 SUBTYPES = {"mp_capable": 0, "mp_join": 1, "dss": 2, "add_addr": 3, "remove_addr": 4,
             "mp_prio": 5, "mp_fail": 6, "mp_fastclose": 7, "mp_tcprst": 8}
 BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "lab_impair.c"
-SETTING_KEYS = {"rate", "limit", "delay", "jitter", "loss", "dup", "reorder", "corrupt",
+SETTING_KEYS = {"rate", "limit", "burst", "delay", "jitter", "loss", "dup", "reorder", "corrupt",
                 "strip_mptcp_syn", "drop_subtype", "down", "up", "clear", "seed"}
 
 
@@ -162,6 +162,10 @@ def _normalise(s: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "rate" in s and s["rate"] is not None:
         out["rate"] = parse_rate(s["rate"])
+    if s.get("burst") is not None:
+        out["burst"] = int(s["burst"])
+        if out["burst"] < 1514:
+            raise HintedError(f"burst {s['burst']} bytes is too small", "use at least 1514 bytes (one frame)")
     if s.get("limit") is not None:
         out["limit"] = int(s["limit"])
         if out["limit"] < 3000:
@@ -219,28 +223,35 @@ def _tap(st: dict[str, Any], path: int, d: str) -> str:
     return w["tu"] if d == "up" else w["td"]
 
 
-def tbf_params(rate: int, limit: int | None) -> tuple[int, int]:
-    """(burst, limit) in bytes: a 10 ms bucket (at least two frames), a 100 ms queue by default.
+BUCKET_MS = 50   # TBF bucket, in ms of the rate
+QUEUE_MS = 100   # TBF queue, in ms of the rate
 
-    A small bucket loses capacity whenever the qdisc watchdog fires late (a loaded machine):
-    tokens beyond the bucket are thrown away. 10 ms of slack keeps the long-run rate exact.
+
+def tbf_params(rate: int, limit: int | None, burst: int | None = None) -> tuple[int, int]:
+    """(burst, limit) in bytes: a 50 ms bucket (at least two frames), a 100 ms queue by default.
+
+    A small bucket loses capacity whenever the qdisc watchdog fires late (a loaded machine,
+    a descheduled vCPU): tokens beyond the bucket are thrown away, unlike netem's rate, which
+    catches up. 50 ms of slack keeps the long-run rate right; over a second it lets at most
+    5% more through.
     """
-    burst = max(3028, rate // 8 // 100)
+    if burst is None:
+        burst = max(3028, rate // 8 * BUCKET_MS // 1000)
     if limit is None:
-        limit = max(3 * burst, rate // 8 // 10, 30000)
+        limit = max(3 * 1514, rate // 8 * QUEUE_MS // 1000, 30000)
     return burst, max(limit, burst)
 
 
 def _apply_rates(st: dict[str, Any], path: int, before: dict[str, Any], links: dict[str, Any]) -> None:
     cmds, dels = [], []
     for d in DIRS:
-        old = (before[d].get("rate"), before[d].get("limit"))
-        new = (links[d].get("rate"), links[d].get("limit"))
+        old = (before[d].get("rate"), before[d].get("limit"), before[d].get("burst"))
+        new = (links[d].get("rate"), links[d].get("limit"), links[d].get("burst"))
         if old == new:
             continue
         dev = _egress(st, path, d)
         if new[0]:
-            burst, limit = tbf_params(new[0], new[1])
+            burst, limit = tbf_params(new[0], new[1], new[2])
             cmds.append(f"qdisc replace dev {dev} root tbf rate {new[0]}bit burst {burst} limit {limit}")
         elif old[0]:
             dels.append(f"qdisc del dev {dev} root")

@@ -185,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--bind", default="")
         c.add_argument("--timeout", type=float, default=120.0)
         c.add_argument("--cc", default="", help="congestion control of the socket, e.g. cubic")
+        c.add_argument("--rt", action="store_true",
+                       help="real-time priority, so a loaded machine does not starve the transfer")
     a = p.parse_args(argv)
+    if getattr(a, "rt", False):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        except OSError:
+            pass
     if a.cmd == "udp-recv":
         out = udp_recv(a.port, a.idle, a.max_time, a.bind)
     elif a.cmd == "udp-send":

@@ -86,6 +86,7 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         self._fin_acked = False
         self._dtimer: Any = None
         self._last_progress = host.now
+        self._data_backoff = 0
         self._pushing = False
         self.chunk_segments = int(o.get("chunk_segments", cfg.chunk_segments))
         self.option_budget = 28

@@ -196,6 +196,7 @@ class SendMixin:
                 del self._sndbuf[:n]
                 self.snd_una = data_rel
             self._last_progress = self.host.now
+            self._data_backoff = 0
             msf.pf = False
             una = self.snd_una
             tc = msf.tx_chunks  # other subflows' lists are trimmed by the data timer
@@ -226,7 +227,8 @@ class SendMixin:
     def _data_rto(self) -> float:
         """Data-level timeout: twice the best live subflow's RTO (at least DATA_RTO_MIN)."""
         rtos = [s.tcp.rto for s in self.subflows if s.established and not s.pf and s.tcp.rto]
-        return max(DATA_RTO_MIN, 2 * min(rtos)) if rtos else DATA_RTO_MIN * 2
+        base = max(DATA_RTO_MIN, 2 * min(rtos)) if rtos else DATA_RTO_MIN * 2
+        return min(base * (1 << self._data_backoff), 60.0)  # backs off like an RTO
 
     def _data_timer(self, now: float) -> None:
         """Re-injection (REFERENCE.md §3): a subflow whose RTO fired is potentially failed
@@ -262,6 +264,7 @@ class SendMixin:
                     if s.established:
                         s.tcp.send_ack(now)
             self._last_progress = now
+            self._data_backoff = min(self._data_backoff + 1, 6)
         self._push(now)
         self._arm_data_timer(now)
 

@@ -76,7 +76,7 @@ class Seg:
                  "lost", "retrans", "tx_time")
 
     def __init__(self, seq: int, end: int, data: Any, meta: Any, off: int, chunk_seq: int,
-                 chunk: Any, fin: bool = False) -> None:
+                 chunk: Any, fin: bool = False, tx_time: float = 0.0) -> None:
         self.seq = seq
         self.chunk = chunk          # the whole chunk (memoryview) this segment was cut from
         self.end = end
@@ -88,7 +88,7 @@ class Seg:
         self.sacked = False
         self.lost = False
         self.retrans = 0            # currently counted in retrans_out when > 0 and lost
-        self.tx_time = 0.0
+        self.tx_time = tx_time
 
 
 class Segment:

@@ -56,10 +56,9 @@ class ReceiveMixin:
         ooo = self._ooo
         i = bisect_left(ooo, seq, key=_first)
         # drop exact/contained duplicates, keep it simple for partial overlaps
-        if i < len(ooo) and ooo[i][0] == seq and ooo[i][1] >= end:
-            self._note_sack(seq, end)
-            return
-        if i > 0 and ooo[i - 1][1] >= end:
+        if (i < len(ooo) and ooo[i][0] == seq and ooo[i][1] >= end) or \
+                (i > 0 and ooo[i - 1][1] >= end):
+            self._dsack = (seq, end)  # already queued: report the duplicate (RFC 2883)
             self._note_sack(seq, end)
             return
         ooo.insert(i, [seq, end, bytes(payload)])

@@ -178,17 +178,24 @@ class RecoveryMixin:
         self.in_loss = True
         self._recover = self.snd_nxt
         self.dupacks = 0
-        # RFC 6675 §5.1 / Linux tcp_enter_loss: everything not sacked is lost
+        # RFC 6675 §5.1 / Linux tcp_enter_loss: everything not sacked is lost. From the
+        # second RTO in a row on, SACKs are forgotten too: the receiver may have reneged
+        # (RFC 2018 §8), and SACKed data that is never resent would stall for good.
+        forget = self.retransmits > 1 or not self.sack_ok
         q = self._q
         lost = 0
         for i in range(self._head, len(q)):
             s = q[i]
             s.retrans = 0
+            if forget:
+                s.sacked = False
             if not s.sacked:
                 s.lost = True
                 lost += s.end - s.seq
-        if not self.sack_ok:
+        if forget:
             self.sacked_out = 0
+            self._sack_ranges = []
+            self._high_sacked = 0
         self.lost_out = lost
         self.retrans_out = 0
         self._lost_ptr = len(q)

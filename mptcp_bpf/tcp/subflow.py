@@ -47,6 +47,8 @@ from .receive import ReceiveMixin
 from .recovery import RecoveryMixin
 from .rtt import RttMixin
 
+_CAN_QUEUE = _CAN_SEND | {SYN_SENT, SYN_RECV}
+
 __all__ = ["Subflow", "SubflowConfig", "Segment", "Seg", "FIN", "SYN", "RST", "PSH", "ACK",
            "CLOSED", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSING",
            "TIME_WAIT", "CLOSE_WAIT", "LAST_ACK", "STATE_NUMBERS", "R_CLOSED", "R_RESET",
@@ -146,6 +148,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self._ooo: list[list[Any]] = []          # sorted [seq, end, data]
         self._ooo_bytes = 0
         self._sack_blocks: list[tuple[int, int]] = []  # most recent first
+        self._dsack: tuple[int, int] | None = None       # duplicate to report once (RFC 2883)
         self._fin_rcvd_seq: int | None = None
         self._rcv_adv_right = 0
         self._rcv_wnd_adv = 0
@@ -237,7 +240,8 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
                  hooks: Any, timers: TimerWheel, output: Callable[[bytes], None],
                  cc: CongestionControl | None = None, config: SubflowConfig | None = None,
                  rng: random.Random | None = None, opts: TcpOptions | None = None) -> "Subflow":
-        """Passive open from a parsed SYN: negotiates, calls on_syn_options, sends SYN/ACK."""
+        """Passive open from a parsed SYN: negotiates, calls on_syn_options, sends SYN/ACK.
+        Malformed SYN options raise wire.WireError (nothing is sent)."""
         sf = cls(local, remote, hooks, timers, output, cc, config, rng)
         if opts is None:
             opts = parse_tcp_options(pkt.options)
@@ -256,8 +260,10 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         return sf
 
     def send(self, data: bytes | memoryview, meta: Any = None, now: float | None = None) -> None:
-        """Queue one chunk; transmitted as far as windows allow (now: transmit at once)."""
-        if self._fin_queued or self.state not in (_CAN_SEND | {SYN_SENT, SYN_RECV}):
+        """Queue one chunk; transmitted as far as windows allow (now: transmit at once).
+
+        The chunk is kept by reference until acked: do not mutate it afterwards."""
+        if self._fin_queued or self.state not in _CAN_QUEUE:
             raise BrokenPipeError(f"send() in state {self.state}")
         n = len(data)
         if not n:
@@ -278,7 +284,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self._fin_queued = True
         if self.state is SYN_RECV:
             return  # FIN_WAIT1 once established
-        if self.state in (ESTABLISHED, SYN_RECV):
+        if self.state is ESTABLISHED:
             self.state = FIN_WAIT1
         elif self.state == CLOSE_WAIT:
             self.state = LAST_ACK
@@ -482,6 +488,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         # acceptability (RFC 9293 §3.10.7.4), lenient for the owner-managed window
         if plen:
             if seq + plen <= rcv_nxt:
+                self._dsack = (seq, seq + plen)
                 self._ack_now(now)  # duplicate: ACK it (the peer may have missed ours)
                 payload = None
                 plen = 0
@@ -685,18 +692,31 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
                 seq = self.snd_nxt
                 if cseq is None:
                     cseq = c[3] = seq
-                s = Seg(seq, seq + n, mv[off:off + n], meta, off, cseq, mv)
-                off += n
-                if off >= len(mv):
+                end = seq + n
+                data = mv[off:off + n]
+                q.append(Seg(seq, end, data, meta, off, cseq, mv, False, now))
+                if off + n >= len(mv):
                     self._unsent.popleft()
+                    flags = ACK | PSH
                 else:
-                    c[2] = off
+                    c[2] = off + n
+                    flags = ACK
                 self.unsent_bytes -= n
-                self.snd_nxt = seq + n
-                q.append(s)
+                self.snd_nxt = end
                 self.bytes_sent += n
                 self.data_segs_out += 1
-                self._xmit(s, now)
+                # transmit (the _xmit steps, inlined on the hot path)
+                if self.in_recovery:
+                    self._prr_out += n
+                self.tx_ssn = seq - 1
+                self.tx_chunk_ssn = cseq - 1
+                self.tx_meta = meta
+                self._emit(seq, n, flags, data, meta if off == 0 else None, now)
+                if self._rto_timer is None:
+                    self._rto_deadline = now + self.rto
+                    self._rto_timer = self.timers.schedule(self._rto_deadline, self._on_rto)
+                elif self._rto_deadline == 0.0:
+                    self._rto_deadline = now + self.rto
                 continue
             # 3. FIN after all data
             if self._fin_queued and not self._fin_sent:
@@ -711,6 +731,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
                                         self.in_flight * 2 >= self.cwnd)
 
     def _xmit(self, s: Seg, now: float) -> None:
+        """(Re)transmit one queued segment."""
         s.tx_time = now
         if self.in_recovery:
             self._prr_out += s.end - s.seq
@@ -750,10 +771,15 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
             extra = self._ack_options(self, meta, length, flags)
             if extra:
                 opts += extra
-            if self._sack_blocks and self.sack_ok:
+            if (self._sack_blocks or self._dsack) and self.sack_ok:
                 room = (36 - len(opts)) // 8
                 if room > 0:
-                    blocks = self._sack_blocks[:room]
+                    blocks = self._sack_blocks
+                    if self._dsack is not None:
+                        # RFC 2883: the duplicate range first (lets the sender undo)
+                        blocks = [self._dsack] + blocks
+                        self._dsack = None
+                    blocks = blocks[:room]
                     base = self.irs
                     opts += bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
                         _pack_II((base + a) & _M32, (base + b) & _M32) for a, b in blocks)

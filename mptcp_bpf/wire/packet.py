@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from .errors import WireError
+from .ip import walk_ipv6_ext
 
 __all__ = ["InPacket", "parse_ip_packet", "parse_frame", "build_tcp_packet", "build_frame",
            "tcp_checksum_ok", "segment_sum"]
@@ -87,7 +88,6 @@ def parse_ip_packet(buf: bytes | bytearray | memoryview) -> InPacket:
             raise WireError(f"IPv6 payload length {plen} exceeds {n - 40} bytes")
         off = 40
         if proto != _PROTO_TCP:
-            from .ip import walk_ipv6_ext
             w = walk_ipv6_ext(mv, proto, 40, end)
             if w.frag is not None and (w.frag[0] or w.frag[1]):
                 raise WireError("IPv6 fragment")

@@ -127,4 +127,4 @@ def test_monitor_across_processes(stack_in_a):
             mon.wait(timeout=20)
     assert mon.returncode == 0, err
     lines = out.splitlines()
-    assert len(lines) == 2 and all("CREATED" in x and "token=0x0badcafe" in x for x in lines)
+    assert len(lines) == 2 and all("CREATED" in x and "token=0badcafe" in x for x in lines)

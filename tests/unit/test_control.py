@@ -279,12 +279,17 @@ def test_cli_monitor(server, capsys):
         while not stack.subs and time.monotonic() < deadline:
             time.sleep(0.02)
         stack.emit({"type": "created", "token": CONN["token"], "local": ["10.0.1.1", 1]})
+        stack.emit({"type": "sf_established", "token": "0badcafe", "time": 1.5, "sf_id": 1,
+                    "locid": 1, "remid": 0, "saddr": "fd00::1", "daddr": "10.0.1.2",
+                    "sport": 40001, "dport": 80, "backup": 0})
         stack.emit({"type": "closed", "token": CONN["token"]})
 
     t = threading.Thread(target=feed)
     t.start()
-    assert main(["monitor", "-n", "2"]) == 0
+    assert main(["monitor", "-n", "3"]) == 0
     t.join(timeout=20)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("[         CREATED] token=0x1a2b3c4d") and "10.0.1.1:1" in out[0]
-    assert "CLOSED" in out[1]
+    assert out[0].startswith("[         CREATED] token=1a2b3c4d") and "10.0.1.1:1" in out[0]
+    assert out[1] == ("[  SF_ESTABLISHED] token=0badcafe remid=0 locid=1 saddr6=fd00::1 "
+                      "daddr4=10.0.1.2 sport=40001 dport=80 backup=0 sf_id=1")
+    assert out[2].startswith("[          CLOSED]")

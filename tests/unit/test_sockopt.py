@@ -31,6 +31,22 @@ struct mptcp_sub_getsockopt {
 struct mptcp_sub_setsockopt {
     __u8 id; int level; int optname; char *optval; unsigned int optlen;
 };
+struct mptcp_meta_info {
+    __u8 mptcpi_state; __u8 mptcpi_retransmits; __u8 mptcpi_probes; __u8 mptcpi_backoff;
+    __u32 mptcpi_rto; __u32 mptcpi_unacked; __u32 mptcpi_last_data_sent;
+    __u32 mptcpi_last_data_recv; __u32 mptcpi_last_ack_recv; __u32 mptcpi_total_retrans;
+    __u64 mptcpi_bytes_acked; __u64 mptcpi_bytes_received;
+};
+struct mptcp_sub_info {
+    union { struct sockaddr src; struct sockaddr_in src_v4; struct sockaddr_in6 src_v6; };
+    union { struct sockaddr dst; struct sockaddr_in dst_v4; struct sockaddr_in6 dst_v6; };
+};
+struct mptcp_info {
+    __u32 tcp_info_len; __u32 sub_len; __u32 meta_len; __u32 sub_info_len;
+    __u32 total_sub_info_len;
+    struct mptcp_meta_info *meta_info; struct tcp_info *initial; struct tcp_info *subflows;
+    struct mptcp_sub_info *subflow_info;
+};
 /* Linux 6.18 additions after tcpi_snd_wnd (the build host's header may be older). */
 struct tcp_info_618 {
     struct tcp_info base_upto_snd_wnd;
@@ -63,6 +79,14 @@ int main(void) {
     O(mptcp_sub_setsockopt, level); O(mptcp_sub_setsockopt, optname);
     O(mptcp_sub_setsockopt, optval); O(mptcp_sub_setsockopt, optlen);
     P("sizeof.tail_618", sizeof(struct tail_618));
+    P("sizeof.mptcp_info", sizeof(struct mptcp_info));
+    O(mptcp_info, total_sub_info_len); O(mptcp_info, meta_info); O(mptcp_info, initial);
+    O(mptcp_info, subflows); O(mptcp_info, subflow_info);
+    P("sizeof.mptcp_meta_info", sizeof(struct mptcp_meta_info));
+    O(mptcp_meta_info, mptcpi_rto); O(mptcp_meta_info, mptcpi_total_retrans);
+    O(mptcp_meta_info, mptcpi_bytes_acked); O(mptcp_meta_info, mptcpi_bytes_received);
+    P("sizeof.mptcp_sub_info", sizeof(struct mptcp_sub_info));
+    O(mptcp_sub_info, dst);
     TCP_FIELDS
     TAIL_FIELDS
     P("sizeof.tcp_info_sys", sizeof(struct tcp_info));
@@ -122,6 +146,43 @@ def test_fork_structs_agree_with_gcc(gcc_layout):
         assert g[f"mptcp_sub_{kind}.optlen"] == 24
     st = so.SubStatus(7, slave_sk=True, low_prio=True, pre_established=True)
     assert st.pack()[1] == g["status_byte1"]
+
+
+def test_mptcp_info_structs_agree_with_gcc(gcc_layout):
+    g = gcc_layout
+    assert g["sizeof.mptcp_info"] == so.MPTCP_INFO_SIZE == 56
+    assert (g["mptcp_info.total_sub_info_len"], g["mptcp_info.meta_info"],
+            g["mptcp_info.initial"], g["mptcp_info.subflows"],
+            g["mptcp_info.subflow_info"]) == (16, 24, 32, 40, 48)
+    assert g["sizeof.mptcp_meta_info"] == so.MPTCP_META_INFO_SIZE == 48
+    assert (g["mptcp_meta_info.mptcpi_rto"], g["mptcp_meta_info.mptcpi_total_retrans"],
+            g["mptcp_meta_info.mptcpi_bytes_acked"],
+            g["mptcp_meta_info.mptcpi_bytes_received"]) == (4, 24, 32, 40)
+    assert g["sizeof.mptcp_sub_info"] == so.MPTCP_SUB_INFO_SIZE == 56
+    assert g["mptcp_sub_info.dst"] == so.SUB_INFO_ADDR_SIZE
+
+
+def test_mptcp_info_round_trips():
+    req = so.MptcpInfo(so.TCP_INFO_SIZE, 3 * so.TCP_INFO_SIZE, 48, 56, 112, 0x1000, 0x2000,
+                       0x3000, 0x4000)
+    raw = req.pack()
+    assert len(raw) == 56 and int.from_bytes(raw[24:32], "little") == 0x1000
+    assert so.MptcpInfo.unpack(raw) == req
+    assert so.MptcpInfo.unpack(raw[:8]) == so.MptcpInfo(so.TCP_INFO_SIZE, 3 * so.TCP_INFO_SIZE)
+    meta = so.MptcpMetaInfo(state=1, rto=200000, bytes_acked=1 << 33, bytes_received=77)
+    mraw = meta.pack()
+    assert len(mraw) == 48 and int.from_bytes(mraw[32:40], "little") == 1 << 33
+    assert so.MptcpMetaInfo.unpack(mraw) == meta
+    assert len(meta.pack(20)) == 20
+    sub = so.SubInfo(so.SockAddr("10.0.1.1", 4000), so.SockAddr("10.0.1.2", 80))
+    sraw = sub.pack()
+    assert len(sraw) == 56 and sraw[28:30] == socket.AF_INET.to_bytes(2, "little")
+    assert so.SubInfo.unpack(sraw) == sub
+    six = so.SubInfo(so.SockAddr("fd00::1", 1), so.SockAddr("fd00::2", 2))
+    assert so.SubInfo.unpack(six.pack()) == six
+    data, n = so.fill_array([b"a" * 10, b"b" * 10, b"c" * 10], 8, 20)
+    assert (data, n) == (b"a" * 8 + b"b" * 8, 16)
+    assert so.fill_array([b"x" * 4], 8, 100) == (b"xxxx" + b"\0" * 4, 8)
 
 
 def test_sub_sockopt_bytes_match_offsets():

@@ -680,3 +680,39 @@ def test_random_paths_deliver_and_close(seed, sack, ts, loss, reorder, rcv_buf, 
     assert got_up == a and got_down == b
     assert p.net.run_until(lambda: c.sf.state == sfm.CLOSED and s.sf.state == sfm.CLOSED, 600)
     assert c.closed_reason == "closed" and s.closed_reason == "closed"
+
+
+def test_receiver_reneging_on_sacked_data_is_survived():
+    p = Pair(delay=0.01, rate=20e6)
+    c, s = p.connect()
+    mss = c.sf.mss
+    _drop_data_once(p, A, {3 * mss})
+    data = payload(12 * mss)
+    c.send(data, p.net.now)
+    p.net.run(p.net.now + 0.015)                  # segments 4.. arrived out of order
+    p.net.run(p.net.now + 0.012)                  # their SACKs reached the sender
+    assert c.sf.sacked_out > 0
+    rs = s.sf                                     # the receiver throws its queue away
+    rs._ooo.clear()
+    rs._ooo_bytes = 0
+    rs._sack_blocks = []
+    got, _ = transfer(p, c, s, b"", timeout=60)
+    assert got == data
+    assert c.sf.rto_count >= 2
+
+
+def test_duplicate_data_is_reported_with_dsack():
+    p = Pair()
+    c, s = p.connect()
+    c.send(b"0123456789", p.net.now)
+    p.net.run(p.net.now + 1)
+    sf = s.sf
+    n0 = len(p.sent_by(B))
+    _inject(p, p.hb, A, B, c.sf.sport, 80, sf.irs + 1, sf.iss + 1, sfm.ACK, b"0123456789")
+    p.net.run(p.net.now + 0.001)
+    ack = p.sent_by(B)[n0][1]
+    blocks = parse_tcp_options(ack.options).sack
+    assert blocks and blocks[0] == ((sf.irs + 1) & 0xFFFFFFFF, (sf.irs + 11) & 0xFFFFFFFF)
+    assert ack.ack == (sf.irs + 11) & 0xFFFFFFFF          # the DSACK block lies below the ACK
+    p.net.run(p.net.now + 1)
+    assert c.sf.sacked_out == 0 and c.sf.state == sfm.ESTABLISHED   # the sender ignores it

@@ -1,4 +1,6 @@
-"""`mptcp-bpf monitor`: live events of the running stack, like `ip mptcp monitor`."""
+"""`mptcp-bpf monitor`: live events of the running stack, in the format of `ip mptcp monitor`
+(created, established, announced, removed, sf_established, sf_closed, sf_priority, closed).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +9,32 @@ import json
 import sys
 from typing import Any
 
-from mptcp_bpf.cli.commands.conn import add_socket_option, addr, client, hexa
+from mptcp_bpf.cli.commands.conn import add_socket_option, addr, client
 
-ORDER = ("token", "remote_token", "id", "sf_id", "local_id", "locid", "remote_id", "remid",
-         "family", "saddr", "sport", "daddr", "dport", "local", "remote", "backup", "error",
-         "reason")
+# ip mptcp monitor's order; the rest follow sorted, `time` only in JSON
+ORDER = ("token", "remid", "locid", "saddr", "daddr", "sport", "dport", "backup", "error",
+         "reset_reason", "server_side")
+SKIP = {"type", "event", "time"}
+
+
+def _token(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:08x}"
+    text = str(v)
+    return text[2:] if text.startswith("0x") else text
 
 
 def format_event(ev: dict[str, Any]) -> str:
     kind = str(ev.get("type", ev.get("event", "event"))).upper()
     parts = [f"[{kind:>16}]"]
     keys = [k for k in ORDER if k in ev] + sorted(k for k in ev if k not in ORDER
-                                                  and k not in ("type", "event"))
+                                                  and k not in SKIP)
     for k in keys:
         v = ev[k]
         if k in ("token", "remote_token"):
-            v = hexa(v)
+            v = _token(v)
+        elif k in ("saddr", "daddr"):
+            k += "6" if ":" in str(v) else "4"
         elif k in ("local", "remote"):
             v = addr(v)
         parts.append(f"{k}={v}")
