@@ -268,6 +268,8 @@ class Stack:
         self.reservations = PortReservations(self.config.reserve_ports)
         self._ephemeral: dict[tuple[int, int], int] = {}
         self._src_cache: dict[str, str] = {}
+        self._fp_ids: dict[tuple, int] = {}
+        self._fp_next = 0
         self.counters: dict[str, int] = {"rx_packets": 0, "tx_packets": 0, "rx_batches": 0,
                                          "loop_iterations": 0, "input_errors": 0}
         self.capture = None
@@ -440,8 +442,15 @@ class Stack:
             self._ephemeral[key] += 1
         fp = self.fastpath
         if fp is not None:
+            # the map's subflow ids are stack-wide and non-zero (the host's are per
+            # connection, 0 = the initial subflow)
+            fkey = (lip, lport, rip, rport)
+            gid = self._fp_ids.get(fkey)
+            if gid is None:
+                self._fp_next = self._fp_next % 0xFFFFFFFE + 1
+                gid = self._fp_ids[fkey] = self._fp_next
             try:
-                fp.add_subflow(family, lip, lport, rip, rport, sf_id, token)
+                fp.add_subflow(family, lip, lport, rip, rport, gid, token)
             except Exception as exc:
                 log.warning("fast path: cannot add subflow %s: %s", sf_id, exc)
 
@@ -454,6 +463,7 @@ class Stack:
                 del self._ephemeral[key]
                 self.reservations.release(family, lport)
         fp = self.fastpath
+        self._fp_ids.pop((lip, lport, rip, rport), None)
         if fp is not None:
             try:
                 fp.remove_subflow(family, lip, lport, rip, rport)

@@ -283,7 +283,7 @@ def test_run_xdp(prog_fd: int, frame: bytes, repeat: int = 1, ingress_ifindex: i
                  rx_queue: int = 0) -> tuple[int, bytes, bytes, int]:
     """Run an XDP program on `frame`: (retval, metadata, frame out, ns per run).
 
-    A context is passed only when `ingress_ifindex` is set (the kernel checks it)."""
+    ingress_ifindex 0: the kernel's default (the loopback device of the namespace)."""
     out = ctypes.create_string_buffer(len(frame) + 512)
     inb = ctypes.create_string_buffer(bytes(frame), max(len(frame), 1))
     ctx_in = XdpMd(0, len(frame), 0, ingress_ifindex, rx_queue, 0)
@@ -294,9 +294,8 @@ def test_run_xdp(prog_fd: int, frame: bytes, repeat: int = 1, ingress_ifindex: i
     opts.data_out = ctypes.addressof(out)
     opts.data_size_out = len(out)
     opts.repeat = repeat
-    if ingress_ifindex:
-        opts.ctx_in = ctypes.addressof(ctx_in)
-        opts.ctx_size_in = ctypes.sizeof(ctx_in)
+    opts.ctx_in = ctypes.addressof(ctx_in)
+    opts.ctx_size_in = ctypes.sizeof(ctx_in)
     opts.ctx_out = ctypes.addressof(ctx_out)
     opts.ctx_size_out = ctypes.sizeof(ctx_out)
     _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)))

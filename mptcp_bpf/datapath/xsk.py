@@ -347,10 +347,10 @@ class XskSocket:
         out: list[tuple[bytes, bytes]] = []
         append = out.append
         bad = 0
-        ml = len(magic)
+        hi = l3_pos + 1
         for a, ln in zip(addrs, lens):
             meta = umem[a - m:a]
-            l3 = (meta[l3_pos] | meta[l3_pos + 1] << 8) if meta[:ml] == magic else default_l3
+            l3 = (meta[l3_pos] | meta[hi] << 8) if meta.startswith(magic) else default_l3
             if l3 >= ln:
                 bad += 1
                 continue

@@ -114,10 +114,21 @@ class PmConnection(Protocol):
     role: str                                  # CLIENT or SERVER
     token: int                                 # local token
     remote_addresses: list[RemoteAddr]         # includes id 0 (the initial remote address)
-    subflows: list[Any]                        # open subflows (SchedSubflow + `local`, `remote`,
-                                               #  `local_id`, `remote_id` as (IPAddress, port))
+    subflows: list[Any]                        # open subflows: SchedSubflow + `local`, `remote`
+                                               #  as (IPAddress, port), `local_id`, `remote_id`
+    local_ip: IPAddress                        # local address of the initial subflow
     local_port: int
     remote_port: int
+    fully_established: bool                    # keys exchanged: joins may be opened
+    host: Any                                  # host.now is the current time (seconds)
+
+    def schedule(self, deadline: float, callback: Callable[[float], None]) -> Any:
+        """A timer on the stack's TimerWheel (returns a handle with .cancel())."""
+        ...
+
+    def has_subflow(self, local_addr: IPAddress, remote_addr: IPAddress, remote_port: int) -> bool:
+        """True when a subflow (or a pending join) already uses this address pair."""
+        ...
 
     def local_addresses(self) -> list[LocalAddr]:
         """The host's usable local addresses (id 0 = the initial subflow's local address)."""
@@ -254,7 +265,11 @@ class HostApi(Protocol):
 
     def input(self, packet: bytes | memoryview, now: float, meta: Any = None) -> None: ...
     def listen(self, ip: str | None, port: int, backlog: int = 128,
-               on_accept: Callable[[Any], None] | None = None) -> Any: ...
+               on_accept: Callable[[Any], None] | None = None, **options: Any) -> Any:
+        """A Listener: `accept()` -> established Connection or None, `close()`; on_accept
+        is called for each connection as it becomes established. options: mptcp=False
+        (plain TCP only), checksum, path_manager, scheduler, cc, sndbuf, rcvbuf."""
+        ...
     def connect(self, remote: tuple[str, int], local: tuple[str, int] | None = None,
                 now: float = 0.0, **options: Any) -> ConnectionApi: ...
     def add_address(self, ip: str, addr_id: int | None = None, backup: bool = False) -> LocalAddr: ...

@@ -27,6 +27,7 @@ from .signals import RST_ADMIN, RST_UNSPEC, SignalsMixin
 from .subflow import SF_CLOSED, SF_ESTABLISHED, MpSubflow
 
 _unpack_q = int.from_bytes
+PM_TICK = 1.0          # seconds between path-manager on_timer calls
 DSS_OPT_RESERVE = 28   # MSS bytes kept for the DSS option (8-byte ack + 8-byte DSN + csum)
 
 _SUBOPT_HANDLERS = {
@@ -329,6 +330,14 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
             return
         self.fully_established = True
         self._pm_call("on_established")
+        self._timer(self.host.now + PM_TICK, self._pm_tick)
+
+    def _pm_tick(self, now: float) -> None:
+        """api.PathManagerOps.on_timer, about once a second while the connection lives."""
+        if self.closed or self.fallback:
+            return
+        self._pm_call("on_timer", now)
+        self._timer(now + PM_TICK, self._pm_tick)
 
     def _sf_ready(self, msf: MpSubflow) -> None:
         self._event("sf_established", sf=msf)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mptcp_bpf.sched.common import has_room, split_by_priority
+from mptcp_bpf.sched.common import split_by_priority
 
 
 class RoundRobinScheduler:
@@ -21,26 +21,34 @@ class RoundRobinScheduler:
         self.cwnd_limited = bool(self.params.get("cwnd_limited", True))
         self.quota: dict[int, int] = {}
 
-    def _available(self, sf: Any) -> bool:
-        return has_room(sf) if self.cwnd_limited else not sf.in_recovery
-
     def select(self, conn: Any, candidates: Sequence[Any], reinject: bool = False) -> list[Any]:
         active, backup = split_by_priority(candidates)
         group = active or backup
-        avail = [sf for sf in group if self._available(sf)]
-        if not avail:
+        if not group:
             return []
         n = self.num_segments
-        for attempt in range(2):
-            for sf in avail:  # a subflow in the middle of its quota keeps the turn
-                q = self.quota.get(sf.id, 0)
-                if 0 < q < n:
-                    self.quota[sf.id] = q + 1
-                    return [sf]
-            for sf in avail:
-                if self.quota.get(sf.id, 0) == 0:
-                    self.quota[sf.id] = 1
-                    return [sf]
-            for sf in group:  # everyone has used its quota: a new round
-                self.quota[sf.id] = 0
-        return []
+        quota = self.quota
+        limited = self.cwnd_limited
+        fresh = None
+        any_avail = False
+        for sf in group:
+            if sf.in_recovery or (limited and sf.in_flight >= sf.cwnd):
+                continue
+            any_avail = True
+            q = quota.get(sf.id, 0)
+            if 0 < q < n:               # part-way through its quota: keeps the turn
+                quota[sf.id] = q + 1
+                return [sf]
+            if q == 0 and fresh is None:
+                fresh = sf
+        if not any_avail:
+            return []
+        if fresh is None:               # every candidate used its quota: a new round
+            for sf in group:
+                quota[sf.id] = 0
+            for sf in group:
+                if not (sf.in_recovery or (limited and sf.in_flight >= sf.cwnd)):
+                    fresh = sf
+                    break
+        quota[fresh.id] = 1
+        return [fresh]

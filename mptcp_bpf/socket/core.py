@@ -239,6 +239,14 @@ class MptcpSocket(enhanced.EnhancedMixin):
                                                     self._on_accept))
 
     def _on_accept(self, conn: Any) -> None:
+        # ours from now on: closing the listener must not abort it (the host's listener
+        # aborts what is still in its own queue)
+        q = getattr(self._listener, "queue", None)
+        if q is not None:
+            try:
+                q.remove(conn)
+            except ValueError:
+                pass
         self._accept_q.append(conn)
         self._notify()
 

@@ -73,7 +73,7 @@ class Seg:
     """One transmitted segment in the retransmit queue (boundaries fixed for life)."""
 
     __slots__ = ("seq", "end", "data", "meta", "off", "chunk_seq", "chunk", "fin", "sacked",
-                 "lost", "retrans", "tx_time")
+                 "lost", "retrans", "rexmit", "tx_time")
 
     def __init__(self, seq: int, end: int, data: Any, meta: Any, off: int, chunk_seq: int,
                  chunk: Any, fin: bool = False, tx_time: float = 0.0) -> None:
@@ -88,6 +88,7 @@ class Seg:
         self.sacked = False
         self.lost = False
         self.retrans = 0            # currently counted in retrans_out when > 0 and lost
+        self.rexmit = False         # ever retransmitted (Karn: no RTT sample from it)
         self.tx_time = tx_time
 
 

@@ -32,8 +32,10 @@ class ReceiveMixin:
             if self._ooo:
                 self._drain_ooo()
                 self._ack_pending = 2  # a hole was filled: ACK at once
+            elif self.rcv_nxt - self._rcv_wup > self.rcv_mss:
+                self._ack_pending = 2  # more than one full segment unacked (as Linux)
             else:
-                self._ack_pending += 1
+                self._ack_pending = 1  # delayed ACK
         elif seq < rcv_nxt:
             cut = rcv_nxt - seq
             self.rcv_nxt = seq + plen
@@ -79,8 +81,11 @@ class ReceiveMixin:
 
     def _drain_ooo(self) -> None:
         ooo = self._ooo
-        while ooo and ooo[0][0] <= self.rcv_nxt:
-            seq, end, data = ooo.pop(0)
+        k = 0
+        n = len(ooo)
+        while k < n and ooo[k][0] <= self.rcv_nxt:
+            seq, end, data = ooo[k]
+            k += 1
             self._ooo_bytes -= end - seq
             if end <= self.rcv_nxt:
                 continue
@@ -88,6 +93,7 @@ class ReceiveMixin:
             self.rcv_nxt = end
             self.bytes_received += end - seq - cut
             self._hooks.on_data(self, seq + cut - 1, memoryview(data)[cut:] if cut else data)
+        del ooo[:k]  # one shift for the whole run (not one per entry)
         rn = self.rcv_nxt
         if self._sack_blocks:
             self._sack_blocks = [(a, b) for a, b in self._sack_blocks if b > rn]

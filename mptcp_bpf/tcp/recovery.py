@@ -80,7 +80,7 @@ class RecoveryMixin:
                 self.lost_out -= s.end - s.seq
                 if s.retrans:
                     self.retrans_out -= s.end - s.seq
-            if not s.retrans:
+            if not s.rexmit:
                 sample_seg = s
             if s.fin:
                 fin_acked = True
@@ -122,8 +122,6 @@ class RecoveryMixin:
             rtt = ((self._tsval(now) - opts.ts[1]) & _M32) / 1000.0
         if rtt is not None and rtt >= 0:
             self._rtt_sample(rtt, now, opts)
-        elif self.backoff == 0:
-            pass
         # recovery bookkeeping
         if self.in_recovery:
             if ack >= self._recover:

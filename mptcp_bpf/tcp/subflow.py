@@ -153,7 +153,8 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self._rcv_adv_right = 0
         self._rcv_wnd_adv = 0
         self.rcv_mss = 536
-        self._ack_pending = 0          # data segments received since our last ACK
+        self._ack_pending = 0          # 1: delayed ACK due, 2: ACK now
+        self._rcv_wup = 0              # rcv_nxt when we last sent an ACK
         self._delack_timer: Timer | None = None
         self._delack_deadline = 0.0
         self._tw_timer: Timer | None = None
@@ -375,6 +376,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         wnd = min(self._rcv_space(), 0xFFFF)
         self._rcv_wnd_adv = wnd
         self._rcv_adv_right = self.rcv_nxt + wnd
+        self._rcv_wup = self.rcv_nxt
         self._raw_emit(self.iss, (self.irs + self.rcv_nxt) & _M32 if ack else 0,
                        SYN | ACK if ack else SYN, wnd, opts, b"")
 
@@ -670,6 +672,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
                     self._rtx_ptr = i + 1
                     s = q[i]
                     s.retrans = 1
+                    s.rexmit = True
                     self.retrans_out += s.end - s.seq
                     self.bytes_retrans += s.end - s.seq
                     self.total_retrans += 1
@@ -807,6 +810,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         if flags & ACK:
             self._ack_pending = 0
             self._delack_deadline = 0.0
+            self._rcv_wup = rcv_nxt
         if length:
             self.last_data_sent = now
         self.segs_out += 1

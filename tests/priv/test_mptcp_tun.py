@@ -12,6 +12,7 @@ no checksum error, fallback or HMAC failure.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import random
 import select
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.priv
 
 IPPROTO_MPTCP = 262
 K1, K2, U1, U2 = "10.71.1.1", "10.71.2.1", "10.71.1.2", "10.71.2.2"
+K61, K62, U61, U62 = "fd71:1::1", "fd71:2::1", "fd71:1::2", "fd71:2::2"
 BAD_COUNTERS = ("DataCsumErr", "MPCapableFallbackACK", "MPCapableFallbackSYNACK",
                 "MPJoinSynAckHMacFailure", "MPJoinAckHMacFailure", "DSSCorruptionFallback",
                 "DssFallback", "InfiniteMapRx", "MPFailRx")
@@ -64,24 +66,31 @@ class TunLab:
                 sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.ipv4.conf.{k}.rp_filter=0")
             sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.mptcp.enabled=1")
             sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-            self.tuns.append(open_tun("mpbmA", self.ns, addrs=[f"{K1}/24"]))
-            self.tuns.append(open_tun("mpbmB", self.ns, addrs=[f"{K2}/24"]))
+            self.tuns.append(open_tun("mpbmA", self.ns, addrs=[f"{K1}/24", f"{K61}/64"]))
+            self.tuns.append(open_tun("mpbmB", self.ns, addrs=[f"{K2}/24", f"{K62}/64"]))
             for t in self.tuns:
                 sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.ipv4.conf.{t.name}.rp_filter=0")
             sh("ip", "-n", self.ns, "mptcp", "limits", "set", "subflow", "8", "add_addr_accepted", "8")
         except BaseException:
             self.close()
             raise
-        self.route = {bytes([10, 71, 1]): self.tuns[0], bytes([10, 71, 2]): self.tuns[1]}
+        self.route = {bytes([10, 71, 1]): self.tuns[0], bytes([10, 71, 2]): self.tuns[1],
+                      ipaddress.ip_address(K61).packed[:4]: self.tuns[0],
+                      ipaddress.ip_address(K62).packed[:4]: self.tuns[1]}
 
-    def make_host(self, **cfg) -> Host:
+    def make_host(self, v6: bool = False, **cfg) -> Host:
         self.timers = TimerWheel()
         self.outq: list[bytes] = []
         self.host = Host(HostConfig(**cfg), self.timers, self.outq.append, random.Random())
-        self.host.add_address(U1)
-        self.host.add_address(U2)
-        self.host.source_for = lambda raddr: __import__("ipaddress").ip_address(
-            U1 if raddr.packed[2] == 1 else U2)
+        for a in (U1, U2) + ((U61, U62) if v6 else ()):
+            self.host.add_address(a)
+
+        def source_for(raddr):
+            if raddr.version == 4:
+                return ipaddress.ip_address(U1 if raddr.packed[2] == 1 else U2)
+            return ipaddress.ip_address(U61 if raddr.packed[3] == 1 else U62)
+
+        self.host.source_for = source_for
         return self.host
 
     def kernel_checksum(self, on: bool) -> None:
@@ -98,7 +107,7 @@ class TunLab:
             return
         by: dict = {}
         for p in q:
-            dst = p[16:19] if p[0] >> 4 == 4 else b""
+            dst = p[16:19] if p[0] >> 4 == 4 else p[24:28]
             by.setdefault(self.route.get(dst, self.tuns[0]), []).append(p)
         q.clear()
         for t, pkts in by.items():
@@ -126,9 +135,8 @@ class TunLab:
                     host.input(p, now)
             self.flush()
 
-    def ksocket(self) -> socket.socket:
-        return run_in_netns(self.ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM,
-                                                           IPPROTO_MPTCP))
+    def ksocket(self, family: int = socket.AF_INET, proto: int = IPPROTO_MPTCP) -> socket.socket:
+        return run_in_netns(self.ns, lambda: socket.socket(family, socket.SOCK_STREAM, proto))
 
     def close(self) -> None:
         for t in self.tuns:
@@ -215,9 +223,12 @@ def exchange(lab: TunLab, conn, out: bytes, server: bool, timeout: float) -> tup
 
 
 def run_transfer(lab: TunLab, role: str, size: int, ours_csum: bool, kernel_csum: bool,
-                 version: int = 1) -> dict:
+                 version: int = 1, family: str = "4", signal: str = K2,
+                 kproto: int = IPPROTO_MPTCP) -> dict:
+    """family "4", "6", or "46" (start on IPv4, the kernel server announces IPv6)."""
     lab.kernel_checksum(kernel_csum)
-    host = lab.make_host(checksum=ours_csum, version=version)
+    host = lab.make_host(v6=family != "4", checksum=ours_csum, version=version)
+    kaddr, uaddr = (K1, U1) if family != "6" else (K61, U61)
     rng = random.Random(size)
     ours_data = rng.randbytes(size)
     kern_data = rng.randbytes(size + 7)
@@ -225,25 +236,27 @@ def run_transfer(lab: TunLab, role: str, size: int, ours_csum: bool, kernel_csum
     before = mib(lab.ns)
     port = 5000 + random.randrange(1000)
     if role == "kernel_server":
-        lab.endpoint(K2, "dev", "mpbmB", "signal")
-        ks = lab.ksocket()
-        ks.bind(("0.0.0.0", port))  # joins arrive on the announced address too
+        lab.endpoint(signal, "dev", "mpbmB", "signal")
+        ks = lab.ksocket(socket.AF_INET if family == "4" else socket.AF_INET6, kproto)
+        if family != "4":
+            ks.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ks.bind(("0.0.0.0" if family == "4" else "::", port))  # joins come to announced addresses
         ks.listen(4)
         th = threading.Thread(target=kernel_peer, args=(ks, kern_data, res, True), daemon=True)
         th.start()
-        c = host.connect((K1, port), (U1, 0), now=time.monotonic())
+        c = host.connect((kaddr, port), (uaddr, 0), now=time.monotonic())
         got, ok = exchange(lab, lambda: c, ours_data, False, 60 + size / 200_000)
         conn = c
     else:
-        lab.endpoint(K2, "dev", "mpbmB", "subflow")
+        lab.endpoint(signal, "dev", "mpbmB", "subflow")
         lst = host.listen(None, port)
-        ks = lab.ksocket()
+        ks = lab.ksocket(socket.AF_INET if family == "4" else socket.AF_INET6, kproto)
         ks.settimeout(30)
         box: dict = {}
 
         def client() -> None:
             try:
-                ks.connect((U1, port))
+                ks.connect((uaddr, port))
             except BaseException as e:
                 res["error"] = repr(e)
                 return
@@ -312,3 +325,35 @@ def test_interop_16mib(lab, role):
     sfs = c.info()["subflows"] + c.past_subflows
     used = [s for s in sfs if s["bytes_sent"] or s["bytes_received"]]
     assert len(used) >= 2, sfs
+
+
+@pytest.mark.parametrize("role", ["kernel_server", "kernel_client"])
+def test_interop_ipv6(lab, role):
+    r = run_transfer(lab, role, 1 << 20, False, False, family="6", signal=K62)
+    check(r, role)
+    c = r["conn"]
+    assert c.local_ip.version == 6   # the connection itself runs over IPv6
+    v6 = [s for s in c.info()["subflows"] + c.past_subflows if s["family"] == 6 and s["bytes_sent"]]
+    assert v6
+
+
+def test_interop_ipv4_start_ipv6_join(lab):
+    """A connection over IPv4 joins the IPv6 address the kernel server announces."""
+    r = run_transfer(lab, "kernel_server", 1 << 20, False, False, family="46", signal=K62)
+    check(r, "kernel_server")
+    c = r["conn"]
+    fams = {s["family"] for s in c.info()["subflows"] + c.past_subflows
+            if s["bytes_sent"] or s["bytes_received"]}
+    assert fams == {4, 6}, c.past_subflows
+
+
+@pytest.mark.parametrize("role", ["kernel_server", "kernel_client"])
+def test_interop_fallback_plain_tcp_kernel(lab, role):
+    """8684 §3.7: against a plain TCP kernel socket our side falls back and delivers."""
+    r = run_transfer(lab, role, 1 << 20, False, False, kproto=socket.IPPROTO_TCP)
+    conn = r["conn"]
+    assert conn is not None and r["ok"], (r["stats"], r["kern"])
+    assert "error" not in r["kern"], r["kern"]
+    assert conn.fallback
+    assert hashlib.sha256(r["got"]).hexdigest() == hashlib.sha256(r["kern_data"]).hexdigest()
+    assert r["kern"]["sha"] == hashlib.sha256(r["ours_data"]).hexdigest()

@@ -225,3 +225,37 @@ def test_kernel_client_our_server(lab, fam, loss):
     assert conn.sf.sack_ok and conn.sf.ts_ok and conn.sf.ws_ok
     if loss:
         assert loop.dropped > 0 and conn.sf.total_retrans > 0
+
+
+def test_kernel_zero_window_and_our_probes(lab):
+    """A kernel receiver with a tiny buffer that stops reading: its window closes, we
+    probe (seq = snd_una - 1), it reopens when the application reads again."""
+    ns, tun, socks = lab
+    f = FAMILIES[4]
+    loop = Loop(tun, 4)
+    accepted: list[PlainConn] = []
+    loop.host.listen(5003, accepted.append)
+
+    def mk() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return s
+    k = run_in_netns(ns, mk)
+    socks.append(k)
+    k.setblocking(False)
+    try:
+        k.connect((f["our"], 5003))
+    except BlockingIOError:
+        pass
+    loop.run(lambda: bool(accepted) and accepted[0].established, 30)
+    conn = accepted[0]
+    data = os.urandom(256 * 1024)
+    conn.send(data, time.monotonic())
+    conn.close(time.monotonic())
+    loop.flush()
+    # the kernel application does not read: its window must close and we must probe
+    loop.run(lambda: conn.sf.snd_wnd == 0 and conn.sf.probes >= 2, 60)
+    loop.ksock = k                       # now read everything
+    loop.k_tx = b""
+    loop.run(lambda: loop.k_eof, 120)
+    assert hashlib.sha256(bytes(loop.k_rx)).hexdigest() == hashlib.sha256(data).hexdigest()

@@ -39,7 +39,7 @@ CONN2 = {"token": "0badcafe", "remote_token": "12345678", "local_key": "00000000
          "remote_key": None, "version": 0, "csum": True, "role": "server", "state": "CLOSE_WAIT",
          "fallback": False, "fallback_reason": None, "error": None, "local": "10.0.1.2:5201",
          "remote": "10.0.1.1:40000", "path_manager": "ndiffports", "scheduler": "redundant",
-         "cc": "olia", "snd_una": 1, "sndbuf": 0,
+         "cc": "olia", "snd_una": 1, "snd_nxt": 1, "rcv_nxt": 11, "sndbuf": 0,
          "remote_addresses": [{"id": 0, "addr": "10.0.1.1", "port": 40000}],
          "subflows": [{"id": 0, "local": "10.0.1.2:5201", "remote": "10.0.1.1:40000",
                        "local_id": 0, "remote_id": 0, "family": 4, "backup": False,
@@ -180,16 +180,16 @@ def test_monitor_streams_events(server):
 
     t = threading.Thread(target=reader)
     t.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not stack.subs and time.monotonic() < deadline:
         time.sleep(0.02)
     assert stack.subs, "monitor client never subscribed"
     for i, kind in enumerate(["created", "established", "sf_established"]):
         stack.emit({"type": kind, "token": CONN["token"], "id": i})
-    t.join(timeout=20)
+    t.join(timeout=60)
     stop.set()
     assert [e["type"] for e in got] == ["created", "established", "sf_established"]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while stack.subs and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not stack.subs, "the server did not unsubscribe after the client left"
@@ -238,7 +238,8 @@ def test_cli_text_and_json(server, capsys):
     assert json.loads(capsys.readouterr().out)[0]["token"] == CONN["token"]
     assert "token 0x0badcafe CLOSE_WAIT v0 server" in out
     assert "remote_token 0x12345678 local_key 0x00000000000000ff remote_key - csum on" in out
-    assert "pm ndiffports sched redundant cc olia" in out and "snd_una 1" in out
+    assert "pm ndiffports sched redundant cc olia bytes_sent 0 bytes_acked 0 " \
+        "bytes_received 10 subflows 1" in out and "snd_una 1" in out
     assert "fallback_reason" not in out
     assert main(["conn", "show", "0x1a2b3c4d"]) == 0
     assert "0badcafe" not in capsys.readouterr().out
@@ -275,7 +276,7 @@ def test_cli_monitor(server, capsys):
     stack, srv = server
 
     def feed():
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not stack.subs and time.monotonic() < deadline:
             time.sleep(0.02)
         stack.emit({"type": "created", "token": CONN["token"], "local": ["10.0.1.1", 1]})
@@ -287,7 +288,7 @@ def test_cli_monitor(server, capsys):
     t = threading.Thread(target=feed)
     t.start()
     assert main(["monitor", "-n", "3"]) == 0
-    t.join(timeout=20)
+    t.join(timeout=60)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("[         CREATED] token=1a2b3c4d") and "10.0.1.1:1" in out[0]
     assert out[1] == ("[  SF_ESTABLISHED] token=0badcafe remid=0 locid=1 saddr6=fd00::1 "

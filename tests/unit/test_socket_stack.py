@@ -75,6 +75,7 @@ def transfer(net: Net, size: int, port: int = 7000, reverse: bool = False,
 
     def server():
         conn, _ = srv.accept()
+        srv.close()  # closing the listener leaves accepted connections alone
         conn.settimeout(timeout)
         with conn:
             if reverse:

@@ -716,3 +716,22 @@ def test_duplicate_data_is_reported_with_dsack():
     assert ack.ack == (sf.irs + 11) & 0xFFFFFFFF          # the DSACK block lies below the ACK
     p.net.run(p.net.now + 1)
     assert c.sf.sacked_out == 0 and c.sf.state == sfm.ESTABLISHED   # the sender ignores it
+
+
+def test_karn_without_timestamps_keeps_backed_off_rto():
+    cfg = SubflowConfig(timestamps=False)
+    p = Pair(cfg_a=cfg, cfg_b=cfg, delay=0.01)
+    c, s = p.connect()
+    srtt0 = c.sf.srtt
+    t0 = p.net.now
+    p.link.down = True
+    c.send(b"k" * 100, t0)
+    p.net.run(t0 + 0.7)                    # RTOs at +0.2 and +0.6
+    assert c.sf.rto_count == 2
+    p.link.down = False
+    assert p.net.run_until(lambda: c.sf.snd_una == c.sf.snd_nxt, 10)
+    assert c.sf.srtt == srtt0              # no sample from a retransmitted segment
+    assert c.sf.rto == 0.2 * 2 ** c.sf.rto_count   # Karn: stays backed off...
+    c.send(b"m" * 100, p.net.now)
+    assert p.net.run_until(lambda: c.sf.snd_una == c.sf.snd_nxt, 10)
+    assert c.sf.rto == pytest.approx(0.2)  # ...until a valid sample

@@ -77,6 +77,14 @@ CONN_SHOWN = {"token", "version", "state", "csum", "checksum", "local_key", "rem
               "local", "remote"}
 
 
+def _count(c: dict[str, Any], key: str, seq: str) -> Any:
+    """A byte count, or derived from a relative data sequence number (1 = first byte)."""
+    if c.get(key) is not None:
+        return c[key]
+    rel = c.get(seq)
+    return rel - 1 if isinstance(rel, int) and rel > 0 else "-"
+
+
 def format_conn(c: dict[str, Any]) -> str:
     keys = c.get("keys") if isinstance(c.get("keys"), dict) else {}
     lkey = c.get("local_key", keys.get("local"))
@@ -92,9 +100,9 @@ def format_conn(c: dict[str, Any]) -> str:
                  + (" fallback" if c.get("fallback") else ""))
     lines.append(f"\tpm {c.get('pm', c.get('path_manager', '-'))}"
                  f" sched {c.get('sched', c.get('scheduler', '-'))} cc {c.get('cc', '-')}"
-                 f" bytes_sent {c.get('bytes_sent', '-')}"
-                 f" bytes_acked {c.get('bytes_acked', '-')}"
-                 f" bytes_received {c.get('bytes_received', '-')}"
+                 f" bytes_sent {_count(c, 'bytes_sent', 'snd_nxt')}"
+                 f" bytes_acked {_count(c, 'bytes_acked', 'snd_una')}"
+                 f" bytes_received {_count(c, 'bytes_received', 'rcv_nxt')}"
                  f" subflows {len(c.get('subflows') or [])}")
     more = extras(c, CONN_SHOWN)
     if more:
