@@ -76,6 +76,9 @@
 #define MPB_SYS_DEBUG 4
 #define MPB_SYS_PATH_MANAGER 5
 #define MPB_SYS_SCHEDULER 6
+/* Network-namespace cookie (never reused, unlike the inode naming the directory). */
+#define MPB_SYS_COOKIE_LO 13
+#define MPB_SYS_COOKIE_HI 14
 #define MPB_SYS_INIT 15
 #define MPB_SYS_INIT_MAGIC 0x4d504253
 

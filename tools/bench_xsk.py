@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Measure AF_XDP receive and transmit packets/s of mptcp_bpf.datapath.xsk on a veth pair.
 
-    tools/bench_xsk.py [--seconds 3] [--size 64] [--batch 64] [-j]
+    tools/bench_xsk.py [--seconds 3] [--size 18] [--batch 64] [--port] [-j]
 
 Builds two namespaces (mpbx-bench-*) joined by a veth pair, attaches a minimal redirect
 program on one end and binds an XskSocket there (copy mode), then
   RX: a sendmmsg() UDP blaster in the other namespace sends as fast as it can; we count
       what recv_batch() returns and the kernel's AF_XDP drop counters;
   TX: send_batch() sends UDP frames to the peer; we count what the peer's veth received.
-Everything is removed at the end. Also: `bench_xsk.py blast DST PORT ...` is the blaster
+With --port the same runs through datapath.ports.XdpPort (Ethernet stripped on RX,
+added from the neighbour cache on TX). Everything is removed at the end. Also: `bench_xsk.py blast DST PORT ...` is the blaster
 (used by the tests).
 """
 
@@ -169,17 +170,40 @@ def udp_frame(src_mac: str, dst_mac: str, payload: bytes, sport: int = 4000,
     return eth + b"\x08\x00" + bytes(ip) + udp
 
 
-def bench(seconds: float, size: int, batch: int) -> dict[str, object]:
+class StandInFastPath:
+    """FastPath.set_xsk over the minimal redirect program (for --port)."""
+
+    def __init__(self, prog: object) -> None:
+        self.prog = prog
+
+    def set_xsk(self, ifindex: int, queue: int, fd: int | None) -> None:
+        self.prog.set_xsk(queue, fd)  # type: ignore[attr-defined]
+
+
+def bench(seconds: float, size: int, batch: int, through_port: bool = False
+          ) -> dict[str, object]:
     from mptcp_bpf.datapath.xsk import RedirectProgram, XskConfig, XskSocket
 
     port = 9999
-    res: dict[str, object] = {"seconds": seconds, "payload": size, "batch": batch}
+    res: dict[str, object] = {"seconds": seconds, "payload": size, "batch": batch,
+                              "through": "XdpPort" if through_port else "XskSocket"}
     with VethLab() as lab:
-        prog = RedirectProgram("xb", port, netns=lab.b)
-        xsk = XskSocket(lab.ifindex_b, 0, XskConfig(rx_size=8192, tx_size=4096,
-                                                    meta_len=RedirectProgram.META_LEN), netns=lab.b)
-        try:
+        prog = RedirectProgram("xb", port, netns=lab.b, mpb_meta=through_port)
+        cfg = XskConfig(rx_size=8192, tx_size=4096, meta_len=RedirectProgram.META_LEN)
+        if through_port:
+            from mptcp_bpf.datapath.ports import XdpPort
+
+            xp = XdpPort("xb", StandInFastPath(prog), netns=lab.b, config=cfg)
+            xsk = xp.tx
+            recv, send, closer = xp.recv_batch, xp.send_batch, xp.close
+            strip = 14
+        else:
+            xsk = XskSocket(lab.ifindex_b, 0, cfg, netns=lab.b)
             prog.set_xsk(0, xsk.fd)
+            recv, send, closer = xsk.recv_batch, xsk.send_batch, xsk.close
+            xp = xsk
+            strip = 0
+        try:
             # RX
             p = lab.blaster(port, seconds=seconds, size=size)
             got = 0
@@ -187,8 +211,8 @@ def bench(seconds: float, size: int, batch: int) -> dict[str, object]:
             c0 = time.thread_time()
             deadline = t0 + seconds + 30
             while time.monotonic() < deadline:
-                select.select([xsk], [], [], 0.05)
-                got += len(xsk.recv_batch(batch))
+                select.select([xp], [], [], 0.05)
+                got += len(recv(batch))
                 if p.poll() is not None and xsk.rx_pending() == 0:
                     break
             rx_cpu = time.thread_time() - c0
@@ -202,7 +226,7 @@ def bench(seconds: float, size: int, batch: int) -> dict[str, object]:
                          "fill_ring_empty": st["rx_fill_ring_empty_descs"],
                          "cpu_us_per_packet": round(rx_cpu / max(got, 1) * 1e6, 3)}
             # TX
-            frame = udp_frame(lab.mac_b, lab.mac_a, bytes(size))
+            frame = udp_frame(lab.mac_b, lab.mac_a, bytes(size))[strip:]
             frames = [frame] * batch
             before = rx_packets(lab.a, "xa")
             t0 = time.monotonic()
@@ -210,7 +234,7 @@ def bench(seconds: float, size: int, batch: int) -> dict[str, object]:
             end = t0 + seconds
             queued = 0
             while time.monotonic() < end:
-                queued += xsk.send_batch(frames)
+                queued += send(frames)
                 if xsk.tx_free() < batch:
                     xsk.reap()
             while xsk.tx_pending() and time.monotonic() < end + 5:
@@ -223,7 +247,7 @@ def bench(seconds: float, size: int, batch: int) -> dict[str, object]:
                          "kicks": xsk.kicks, "tx_csum_offload": xsk.tx_csum,
                          "cpu_us_per_packet": round(tx_cpu / max(queued, 1) * 1e6, 3)}
         finally:
-            xsk.close()
+            closer()
             prog.close()
     return res
 
@@ -247,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--size", type=int, default=18, help="UDP payload bytes (18: 64-byte frames)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--port", action="store_true",
+                    help="go through datapath.ports.XdpPort (L2 strip/add, neighbours)")
     ap.add_argument("-j", "--json", action="store_true")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_xsk.py: needs root (namespaces, XDP, AF_XDP)", file=sys.stderr)
         return 1
-    r = bench(a.seconds, a.size, a.batch)
+    r = bench(a.seconds, a.size, a.batch, a.port)
     if a.json:
         print(json.dumps(r))
     else:

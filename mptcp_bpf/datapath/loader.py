@@ -125,7 +125,9 @@ def _xdp_state(ifindex: int) -> tuple[int, int]:
     xdp = links[0].get_attr("IFLA_XDP")
     if not xdp:
         return 0, 0
-    return int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0), int(xdp.get_attr("IFLA_XDP_ATTACHED") or 0)
+    mode = xdp.get_attr("IFLA_XDP_ATTACHED") or 0  # pyroute2 may name it: xdp, xdpgeneric
+    mode = {"xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "multi": 4}.get(mode, mode)
+    return int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0), int(mode)
 
 
 def _ifindex(dev: str) -> int:
@@ -160,9 +162,12 @@ class FastPath:
         devices = list(devices)
         with pins.in_netns(netns):
             path = pin_dir or pins.pin_dir(None)
+            cookie = pins.netns_cookie()
             pins.ensure_dir(path)
             with pins.locked(path):
-                bpf = cls._ensure_pinned(path)
+                if pins.drop_if_stale(path, cookie):   # a deleted namespace's leftovers
+                    pins.ensure_dir(path)
+                bpf = cls._ensure_pinned(path, cookie)
                 fp = cls(path, netns)
                 fp._bpf = bpf
                 for dev in devices:
@@ -170,10 +175,10 @@ class FastPath:
         return fp
 
     @classmethod
-    def _ensure_pinned(cls, path: str) -> object | None:
+    def _ensure_pinned(cls, path: str, cookie: int | None = None) -> object | None:
         if os.path.exists(os.path.join(path, pins.PROG_PIN)):
             return _compiled.get(path)
-        ints, strs = pins.sysctl_maps(path)   # the program opens this pinned `sysctl`
+        ints, strs = pins.sysctl_maps(path, cookie=cookie)   # the program opens this `sysctl`
         ints.close()
         strs.close()
         pins.owners_map(path).close()
@@ -192,7 +197,8 @@ class FastPath:
         """The fast path pinned by another process (CLI, a second process of the stack)."""
         with pins.in_netns(netns):
             path = pin_dir or pins.pin_dir(None)
-        if not os.path.exists(os.path.join(path, pins.PROG_PIN)):
+            cookie = pins.netns_cookie()
+        if not os.path.exists(os.path.join(path, pins.PROG_PIN)) or pins.is_stale(path, cookie):
             if not pins.bpffs_mounted(os.path.dirname(path)):
                 pins.check_bpffs(os.path.dirname(path))
             raise HintedError("the fast path is not loaded in this network namespace",
@@ -233,6 +239,16 @@ class FastPath:
                     out[idx] = socket.if_indextoname(idx)
                 except OSError:
                     out[idx] = f"if{idx}"
+        return out
+
+    def device_modes(self) -> dict[str, str]:
+        """device name -> "native", "generic" or "detached" (as netlink reports it)."""
+        names = {1: "native", 2: "generic", 3: "offload"}
+        out = {}
+        with pins.in_netns(self.netns):
+            for idx, name in self.devices().items():
+                prog, mode = _xdp_state(idx)
+                out[name] = names.get(mode, "?") if prog == self.prog_id else "detached"
         return out
 
     def device_slots(self) -> dict[int, int]:

@@ -83,6 +83,41 @@ def in_netns(netns: str | None) -> Iterator[None]:
         os.close(back)
 
 
+def netns_cookie() -> int:
+    """SO_NETNS_COOKIE of this thread's network namespace: unique for the boot, so a pin
+    directory left by a deleted namespace whose inode was reused can be recognised."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return struct.unpack("<Q", s.getsockopt(socket.SOL_SOCKET, 71, 8))[0]
+
+
+def stored_cookie(path: str) -> int | None:
+    """The cookie stamped in a pin directory's `sysctl` map (None: none yet)."""
+    try:
+        ints = bpfsys.Map.pinned(os.path.join(path, "sysctl"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with ints:
+        lo = ints.lookup(struct.pack("<I", S.MPB_SYS_COOKIE_LO))
+        hi = ints.lookup(struct.pack("<I", S.MPB_SYS_COOKIE_HI))
+    value = (struct.unpack("<I", hi)[0] << 32 | struct.unpack("<I", lo)[0]) if lo and hi else 0
+    return value or None
+
+
+def is_stale(path: str, cookie: int) -> bool:
+    """True if `path` was made for another (deleted) namespace with the same inode."""
+    stored = stored_cookie(path)
+    return stored is not None and stored != cookie
+
+
+def drop_if_stale(path: str, cookie: int) -> bool:
+    """Remove a stale directory (leftovers of a deleted namespace); True if removed."""
+    if os.path.isdir(path) and is_stale(path, cookie):
+        remove_dir(path)
+        return True
+    return False
+
+
 def bpffs_mounted(root: str | None = None) -> bool:
     root = os.path.realpath(root or ROOT)
     try:
@@ -150,10 +185,12 @@ def _open_or_create(path: str, map_type: int, key_size: int, value_size: int,
     return bpfsys.Map(fd, os.path.basename(path)), True
 
 
-def sysctl_maps(path: str, create: bool = True) -> tuple[bpfsys.Map, bpfsys.Map]:
+def sysctl_maps(path: str, create: bool = True,
+                cookie: int | None = None) -> tuple[bpfsys.Map, bpfsys.Map]:
     """The `sysctl` (u32) and `sysctl_str` (16-byte names) maps of a pin directory.
 
-    Created with their defaults when missing (create=True), else FileNotFoundError."""
+    Created with their defaults when missing (create=True), else FileNotFoundError.
+    `cookie` (netns_cookie() of the directory's namespace) is stamped on creation."""
     ipath, spath = os.path.join(path, "sysctl"), os.path.join(path, "sysctl_str")
     if not create:
         return bpfsys.Map.pinned(ipath), bpfsys.Map.pinned(spath)
@@ -164,6 +201,9 @@ def sysctl_maps(path: str, create: bool = True) -> tuple[bpfsys.Map, bpfsys.Map]
     init_key = struct.pack("<I", S.MPB_SYS_INIT)
     if ints.lookup(init_key) != struct.pack("<I", S.MPB_SYS_INIT_MAGIC):
         write_sysctl_defaults(ints, strs)
+    if cookie and stored_cookie(path) is None:
+        ints.update(struct.pack("<I", S.MPB_SYS_COOKIE_LO), struct.pack("<I", cookie & 0xFFFFFFFF))
+        ints.update(struct.pack("<I", S.MPB_SYS_COOKIE_HI), struct.pack("<I", cookie >> 32))
     return ints, strs
 
 

@@ -2,7 +2,7 @@
 
 Why: before XDP is wired in, the protocol core interoperates with the kernel through TUN:
 kernel MPTCP in namespace X sends to addresses routed into a tun device, we read the whole
-IP packets and write ours back. The device is created in a helper thread that switches
+IP packets and write ours back. The device is created in a short-lived thread that switches
 its own network namespace (setns affects only the calling thread), so the caller's
 namespace never changes and the fd keeps working from any thread afterwards.
 """
@@ -180,12 +180,14 @@ def _open_tun_here(name: str) -> tuple[int, str]:
 
 
 def _configure_here(name: str, mtu: int, addrs: Sequence[str],
-                    routes: Sequence[str | tuple[str, str]]) -> None:
+                    routes: Sequence[str | tuple[str, str]], txqlen: int) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
-        ipr.link("set", index=idx, mtu=mtu)
+        # the kernel queues packets for us up to txqlen, then drops: a bulk sender in the
+        # kernel outruns a Python reader in bursts, so give it more than the default 500
+        ipr.link("set", index=idx, mtu=mtu, txqlen=txqlen)
         for a in addrs:
             addr, _, plen = a.partition("/")
             fam = 10 if ":" in addr else 2
@@ -208,18 +210,19 @@ def _configure_here(name: str, mtu: int, addrs: Sequence[str],
 
 def open_tun(name: str, netns: str | None = None, *, mtu: int = 1500,
              addrs: Sequence[str] = (), routes: Sequence[str | tuple[str, str]] = (),
-             up: bool = True) -> TunDevice:
+             up: bool = True, txqlen: int = 4096) -> TunDevice:
     """Create (or attach to) TUN device `name` in namespace `netns` and configure it.
 
     addrs: "10.1.0.1/24" or "fd00::1/64" put on the device; routes: "10.2.0.0/24" (or
-    (dst, preferred_src)) sent into it. With up=False nothing is configured at all.
+    (dst, preferred_src)) sent into it; txqlen: packets the kernel queues for us before
+    dropping. With up=False nothing is configured at all.
     """
 
     def work() -> tuple[int, str]:
         fd, real = _open_tun_here(name)
         if up:
             try:
-                _configure_here(real, mtu, addrs, routes)
+                _configure_here(real, mtu, addrs, routes, txqlen)
             except BaseException:
                 os.close(fd)
                 raise

@@ -450,13 +450,26 @@ class XskSocket:
         use_meta = self.tx_csum and csum is not None
         pack_meta = _TXMETA_CSUM.pack_into
         queued = 0
+        unpublished = 0
         for i, f in enumerate(frames):
             ln = len(f)
             h = heads[i] if heads is not None else b""
             hl = len(h)
-            if not free or ln + hl > maxlen or ln + hl == 0:
+            if ln + hl > maxlen or ln + hl == 0:
                 self.tx_dropped += 1
                 continue
+            if not free:
+                # every TX frame is in flight: hand over what we queued, let the kernel
+                # send it (copy mode transmits inside sendto), take the completions back
+                if unpublished:
+                    self._publish(prod, unpublished)
+                    unpublished = 0
+                else:
+                    self.kick()
+                self.reap()
+                if not free:
+                    self.tx_dropped += 1
+                    continue
             base = free.pop()
             a = base + TX_OFFSET
             if hl:
@@ -479,13 +492,18 @@ class XskSocket:
             descs[j + 1] = ln | (opts << 32)
             prod += 1
             queued += 1
-        if queued:
-            self._tx_prod = prod & 0xFFFFFFFF
-            tx.prod[0] = self._tx_prod
-            self._tx_outstanding += queued
-            self.tx_packets += queued
-            self.kick()
+            unpublished += 1
+        if unpublished:
+            self._publish(prod, unpublished)
         return queued
+
+    def _publish(self, prod: int, n: int) -> None:
+        """Move the TX producer index to `prod` (n new descriptors) and kick."""
+        self._tx_prod = prod & 0xFFFFFFFF
+        self.tx.prod[0] = self._tx_prod
+        self._tx_outstanding += n
+        self.tx_packets += n
+        self.kick()
 
     def kick(self) -> None:
         """sendto() until the kernel took the TX ring (copy mode sends up to the budget per

@@ -57,11 +57,13 @@ class Result:
     pooled: float
     attempts: list[float] = field(default_factory=list)
     error: str = ""
+    joins: int = 0  # MP_JOINs the server completed (MPJoinAckRx), over all attempts
 
     def row(self) -> dict[str, Any]:
         return {"case": self.case.label, **asdict(self.case), "time": None if self.elapsed == float("inf") else round(self.elapsed, 3),
                 "bound": round(self.case.bound, 3), "pooled": round(self.pooled, 3), "ok": self.ok,
-                "attempts": [None if a == float("inf") else round(a, 3) for a in self.attempts], "error": self.error}
+                "attempts": [None if a == float("inf") else round(a, 3) for a in self.attempts],
+                "joins": self.joins, "error": self.error}
 
 
 def cases(fast: bool = False) -> list[Case]:
@@ -150,6 +152,7 @@ def run_case(lab: Lab, case: Case, retries: int = 1, server_cmd: str | None = No
     timeout = max(60.0, case.bound * 6)
     attempts: list[float] = []
     error = ""
+    joins0 = lab.nstat("server").get("MPJoinAckRx", 0)
     for _ in range(retries + 1):
         try:
             if hook:
@@ -167,7 +170,8 @@ def run_case(lab: Lab, case: Case, retries: int = 1, server_cmd: str | None = No
         time.sleep(1.0)  # let queues drain before the retry
     best = min(attempts)
     pooled = case.size * 8 / best / ((case.rate1 + case.rate2) * 1e6) if best != float("inf") else 0.0
-    return Result(case, best, best <= case.bound, pooled, attempts, "" if best <= case.bound else error)
+    joins = lab.nstat("server").get("MPJoinAckRx", 0) - joins0
+    return Result(case, best, best <= case.bound, pooled, attempts, "" if best <= case.bound else error, joins)
 
 
 def table(results: list[Result]) -> str:

@@ -38,11 +38,13 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 60, input: str 
     return proc.stdout
 
 
-def ip_batch(lines: list[str], ns: str | None = None, *, check: bool = True, force: bool = False) -> str:
-    """Run `ip [-n ns] [-force] -b -` on the given command lines (without the leading `ip`)."""
+def ip_batch(lines: list[str], ns: str | None = None, *, check: bool = True, force: bool = False,
+             family: int = 0) -> str:
+    """Run `ip [-6] [-n ns] [-force] -b -` on the given command lines (without the leading `ip`)."""
     if not lines:
         return ""
-    argv = ["ip"] + (["-n", ns] if ns else []) + (["-force"] if force else []) + ["-b", "-"]
+    argv = ["ip"] + (["-6"] if family == 6 else []) + (["-n", ns] if ns else []) + \
+        (["-force"] if force else []) + ["-b", "-"]
     return run(argv, check=check, input="\n".join(lines) + "\n")
 
 

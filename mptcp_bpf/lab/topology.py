@@ -301,22 +301,24 @@ def _build(st: dict[str, Any]) -> None:
             cmds.append(f"addr add {addr[node]['4'][i]}/24 dev {dev}")
             if ipv6:
                 cmds.append(f"addr add {addr[node]['6'][i]}/64 dev {dev} nodad")
+        v6: list[str] = []  # rules and routes in a `ip -6` batch (rule defaults to IPv4)
         if router and node == "client":
             # default via path 1; each source address leaves through its own path
             cmds.append(f"route add default via {_v4(1, 2)} dev c1")
             if ipv6:
-                cmds.append(f"route add default via {_v6(1, 2)} dev c1")
+                v6.append(f"route add default via {_v6(1, 2)} dev c1")
             for p in range(1, paths + 1):
                 cmds += [f"rule add from {_v4(p, 1)} table {100 + p} pref {100 + p}",
                          f"route add default via {_v4(p, 2)} dev c{p} table {100 + p}"]
                 if ipv6:
-                    cmds += [f"rule add from {_v6(p, 1)} table {100 + p} pref {100 + p}",
-                             f"route add default via {_v6(p, 2)} dev c{p} table {100 + p}"]
+                    v6 += [f"rule add from {_v6(p, 1)} table {100 + p} pref {100 + p}",
+                           f"route add default via {_v6(p, 2)} dev c{p} table {100 + p}"]
         if router and node == "server":
             cmds.append(f"route add default via {_v4(paths + 1, 2)} dev s1")
             if ipv6:
-                cmds.append(f"route add default via {_v6(paths + 1, 2)} dev s1")
+                v6.append(f"route add default via {_v6(paths + 1, 2)} dev s1")
         sh.ip_batch(cmds, ns[node])
+        sh.ip_batch(v6, ns[node], family=6)
         # One frame per packet on the wire: impairments act per segment, not per 64 KB burst.
         devs = st["devices"][node]
         script = "; ".join(f"ethtool -K {d} tso off gso off gro off >/dev/null 2>&1" for d in devs)

@@ -258,7 +258,7 @@ class HostApi(Protocol):
 
     output: Callable[[bytes], None]
     alloc_port: Callable[[int], int]          # family (4/6) -> free local port
-    on_subflow_add: Optional[Callable[..., None]]     # (family, lip, lport, rip, rport, sf_id, token)
+    on_subflow_add: Optional[Callable[..., None]]     # (family 4/6, lip, lport, rip, rport, sf_id, token)
     on_subflow_remove: Optional[Callable[..., None]]  # same arguments
     on_listen: Optional[Callable[..., None]]          # (family, ip|None, port, add: bool)
     on_event: Optional[Callable[[dict], None]]        # monitor events, see host.EVENT_*

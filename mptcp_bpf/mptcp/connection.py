@@ -13,7 +13,6 @@ from typing import Any, Callable, Optional
 from mptcp_bpf.tcp.congestion import CcGroup
 from mptcp_bpf.tcp.subflow import Subflow, SubflowConfig
 from mptcp_bpf.wire import WireError
-from mptcp_bpf.wire.crypto import key_token_idsn
 from mptcp_bpf.wire.mptcp import (AddAddr, MpCapable, MpFail, MpFastclose, MpJoinAck, MpPrio,
                                   MpTcpRst, RemoveAddr, emit, parse_mptcp)
 
@@ -65,6 +64,7 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         self.fallback_reason: Optional[str] = None
         self.mpc_ack_pending = False
         self.fully_established = False
+        self.no_initial_join = False
         self._mpc_retries = 0
         self._join_retries = 0
         # plug-ins
@@ -231,6 +231,9 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
             laddr = ipaddress.ip_address(local_addr)
         if laddr.version != raddr.version:
             return None
+        if (self.no_initial_join and raddr == self.remote_addresses[0].address
+                and remote_port == self.remote_port):
+            return None  # the server asked not to be joined on its initial address
         fam = laddr.version
         lport = local_port or self.host.alloc_port(fam)
         local = (laddr.packed, lport)
@@ -407,7 +410,7 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
             ssn = _unpack_q(o[i:i + 4], "big")
             length = o[i + 4] << 8 | o[i + 5]
             csum = (o[i + 6] << 8 | o[i + 7]) if n == i + 8 else None
-            if self.csum and csum is None and length:
+            if self.csum and csum is None and length and not (f & 0x10 and ssn == 0):
                 self.host.count("rx_csum_missing")
                 self._reset_subflow(msf, "DSS without the negotiated checksum", 1)
                 return None
@@ -605,4 +608,4 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
                 f"{' fallback' if self.fallback else ''}>")
 
 
-__all__ = ["Connection", "key_token_idsn"]
+__all__ = ["Connection"]

@@ -92,6 +92,7 @@ class HandshakeMixin:
         self._set_remote_key(mpc.sender_key)
         if mpc.checksum_required:
             self.csum = True
+        self.no_initial_join = mpc.version == 1 and mpc.no_source_join  # 8684 §3.1 C flag
         self.mpc_ack_pending = True
         self._mpc_retries = 0
 

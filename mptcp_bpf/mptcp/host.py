@@ -30,7 +30,6 @@ from mptcp_bpf.wire.tcp import parse_tcp_options
 from . import api
 from .builtin import make_cc
 from .connection import Connection
-from .options import mptcp_options
 from .subflow import SF_CONNECTING, MpSubflow
 
 _SYN, _RST, _ACK, _FIN = 0x02, 0x04, 0x10, 0x01
@@ -205,13 +204,19 @@ class Host:
         csum = bool(options.get("checksum", self.config.checksum))
         c = Connection(self, api.CLIENT, version, csum, (laddr.packed, lport),
                        (raddr.packed, remote[1]), options)
-        if options.get("mptcp") is False or self.config.enabled == 0:
+        if not self._mptcp_wanted(options.get("mptcp")):
             c.fallback = True
             c.fallback_reason = "MPTCP disabled"
         self.conns[c.token] = c
         c.start(self.now)
         self._flush(self.now)
         return c
+
+    def _mptcp_wanted(self, per_socket: Any) -> bool:
+        """net.mptcp.mptcp_enabled: 0 off, 1 on unless the socket says no, 2 only if it asks."""
+        if per_socket is False or self.config.enabled == 0:
+            return False
+        return per_socket is True or self.config.enabled == 1
 
     # ------------------------------------------------------------ keys and tokens
     def _new_key(self, version: int) -> tuple[int, int, int]:
@@ -258,6 +263,9 @@ class Host:
 
     def _conn_gone(self, c: Connection) -> None:
         """The connection is closed; forget it once no subflow of it remains."""
+        if c.listener is not None and not c._accepted:
+            c._accepted = True          # never established: free its backlog slot
+            c.listener.pending -= 1
         if c.subflows or self._pending_joins_of(c):
             return
         if self.conns.get(c.token) is c:
@@ -396,8 +404,7 @@ class Host:
         if lst.pending + len(lst.queue) >= lst.backlog or len(self.conns) >= self.config.max_conns:
             self.count("listen_overflow")
             return
-        use_mptcp = (mpc is not None and self.config.enabled != 0
-                     and lst.options.get("mptcp", True) is not False
+        use_mptcp = (mpc is not None and self._mptcp_wanted(lst.options.get("mptcp"))
                      and (mpc.version == 0 or mpc.hmac_sha))
         version = mpc.version if use_mptcp and mpc.version in (0, 1) else self.config.version
         if use_mptcp and mpc.version not in (0, 1):
@@ -466,4 +473,4 @@ class Host:
         return [c.info() for c in self.conns.values()]
 
 
-__all__ = ["Host", "HostConfig", "Listener", "EPHEMERAL_LOW", "EPHEMERAL_HIGH", "mptcp_options"]
+__all__ = ["Host", "HostConfig", "Listener", "EPHEMERAL_LOW", "EPHEMERAL_HIGH"]

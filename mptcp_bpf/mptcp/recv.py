@@ -61,10 +61,10 @@ class RecvMixin:
         return max(0, self.rcvbuf_limit - self._rcv_queued - self._ooo_bytes)
 
     def _send_window_update(self, now: float) -> None:
+        """An ACK on every subflow: each peer subflow tracks its own copy of the window."""
         for s in self.subflows:
             if s.established:
                 s.tcp.send_ack(now)
-                return
 
     # ------------------------------------------------------------ mappings
     def _rx_add_map(self, msf: MpSubflow, dsn: int, ssn: int, length: int, csum: int | None,

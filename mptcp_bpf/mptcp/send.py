@@ -8,7 +8,6 @@ they become 64-bit wire values by adding the IDSN modulo 2**64.
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 from mptcp_bpf.wire.checksum import csum_partial, dss_checksum
@@ -112,7 +111,8 @@ class SendMixin:
 
     def _send_chunk(self, msf: MpSubflow, rel: int, n: int, now: float) -> None:
         off = rel - self.snd_una
-        data = bytes(self._sndbuf[off:off + n])
+        with memoryview(self._sndbuf) as mv:  # one copy; the export ends before any del
+            data = bytes(mv[off:off + n])
         dsn = (self.local_idsn + rel) & MASK64
         meta = TxMap(dsn, msf.tx_ssn, n)
         if self.csum:
@@ -302,4 +302,4 @@ class SendMixin:
         return bool(self._reinject) or self._snd_end > self.snd_nxt
 
 
-__all__ = ["SendMixin", "collections"]
+__all__ = ["SendMixin"]

@@ -145,6 +145,7 @@ class SignalsMixin:
         for s in targets:
             s.peer_backup = p.backup
             s.backup = p.backup
+            self._event("sf_priority", sf=s)
 
     def _rx_fastclose(self, msf: MpSubflow, f: MpFastclose) -> None:
         if f.receiver_key != self.local_key:

@@ -63,6 +63,7 @@ class SubflowConfig:
     max_retries: int = 15        # data retransmissions of one segment (Linux tcp_retries2)
     delack_time: float = 0.04    # delayed ACK timer
     time_wait: float = 1.0       # TIME-WAIT length (short on purpose; Linux: 60 s)
+    fin_wait2_timeout: float | None = None  # give up on the peer's FIN (Linux orphans: 60 s)
     dupthresh: int = 3
     tos: int = 0
     ttl: int = 64
@@ -138,11 +139,20 @@ _EMPTY_OPTS = TcpOptions()
 
 
 def _fast_opts(raw: Any) -> TcpOptions:
-    """Parse options; the common NOP NOP TS case without the generic loop."""
-    if len(raw) == 12 and raw[:4] == _TS_FAST:
+    """Parse options; the common layouts (NOP NOP TS, optionally followed by one MPTCP
+    option and NOP padding, as Linux and we send them) without the generic loop."""
+    n = len(raw)
+    if 12 <= n <= 40 and raw[:4] == _TS_FAST:
         o = TcpOptions()
         o.ts = _unpack_II(raw, 4)
-        return o
+        if n == 12:
+            return o
+        if raw[12] == 30 and n > 13:
+            end = 12 + raw[13]
+            if 14 <= end <= n and not raw[end:].strip(b"\x01"):
+                o.mptcp = [bytes(raw[12:end])]
+                return o
+        return parse_tcp_options(raw)
     if not raw:
         return _EMPTY_OPTS
     return parse_tcp_options(raw)

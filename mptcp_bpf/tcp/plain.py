@@ -176,6 +176,7 @@ class PlainHost:
     def _reset(self, p: InPacket) -> None:
         """RFC 9293 §3.10.7.1: answer a segment to nothing with RST (never a RST)."""
         if p.flags & RST:
+            self.dropped += 1
             return
         self.rsts_sent += 1
         if p.flags & ACK:

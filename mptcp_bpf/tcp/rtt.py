@@ -11,7 +11,8 @@ from .common import _M32
 class RttMixin:
     """Methods of Subflow (mixed in); they use its attributes directly."""
 
-    def _rtt_sample(self, rtt: float | None, now: float, opts: TcpOptions, syn: bool = False) -> None:
+    def _rtt_sample(self, rtt: float | None, now: float, opts: TcpOptions,
+                    syn: bool = False) -> None:
         """RFC 6298 §2: SRTT/RTTVAR update, RTO = SRTT + max(G, 4 RTTVAR), clamped."""
         if syn:
             if self.syn_retransmits:

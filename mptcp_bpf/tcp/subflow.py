@@ -63,7 +63,8 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
     bytes_acked, bytes_received, retransmits, syn_retransmits, unsent_bytes,
     snd_una/snd_nxt/rcv_nxt (relative). Owners may set: rcv_window_fn (a callable
     returning the window in bytes to advertise, e.g. the connection-level free buffer),
-    syn_retries_max, tos, build.
+    syn_retries_max, tos, tx_csum, build (called as build(src, dst, sport, dport, seq,
+    ack, flags, window, options, payload, tos, ttl, csum) -> packet bytes).
     """
 
     def __init__(self, local: tuple[bytes, int], remote: tuple[bytes, int], hooks: Any,
@@ -81,6 +82,8 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self.tos = cfg.tos
         self._ttl = cfg.ttl
         self.nodelay = True  # there is no Nagle: segments leave as chunks are queued
+        # False: leave the TCP checksum 0 for a fast path that fills it (tc egress, NIC)
+        self.tx_csum = True
         self.rng = rng or random.Random()
         self.state = CLOSED
         self.error: str | None = None
@@ -607,6 +610,9 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         st = self.state
         if st is FIN_WAIT1:
             self.state = FIN_WAIT2
+            t = self.config.fin_wait2_timeout
+            if t is not None:
+                self._tw_timer = self.timers.schedule(now + t, self._on_fin_wait2_timeout)
         elif st is CLOSING:
             self._enter_time_wait(now)
         elif st is LAST_ACK:
@@ -618,6 +624,11 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         if self._tw_timer is not None:
             self._tw_timer.cancel()
         self._tw_timer = self.timers.schedule(now + self.config.time_wait, self._on_tw)
+
+    def _on_fin_wait2_timeout(self, now: float) -> None:
+        self._tw_timer = None
+        if self.state is FIN_WAIT2:
+            self._finish(R_TIMEOUT, now)
 
     def _on_tw(self, now: float) -> None:
         self._tw_timer = None
@@ -654,7 +665,8 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         mss = self.mss
         blocked = False
         while True:
-            inflight = self.snd_nxt - self.snd_una - self.sacked_out - self.lost_out + self.retrans_out
+            inflight = (self.snd_nxt - self.snd_una - self.sacked_out - self.lost_out
+                        + self.retrans_out)
             if inflight >= cwnd and not force_one:
                 blocked = True
                 break
@@ -768,7 +780,8 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         """Build one segment (options, window, checksums) and hand it to output."""
         if opts is None:
             if self.ts_ok:
-                opts = _pack_ts(_TS_FAST, (int(now * 1000) + self._ts_offset) & _M32, self.ts_recent)
+                opts = _pack_ts(_TS_FAST, (int(now * 1000) + self._ts_offset) & _M32,
+                                self.ts_recent)
             else:
                 opts = b""
             extra = self._ack_options(self, meta, length, flags)
@@ -818,14 +831,15 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         remote = self.remote
         self.output(self.build(local[0], remote[0], local[1], remote[1], (self.iss + seq) & _M32,
                                (self.irs + rcv_nxt) & _M32, flags, field, opts, payload,
-                               self.tos, self._ttl))
+                               self.tos, self._ttl, self.tx_csum))
 
     def _raw_emit(self, seq32: int, ack32: int, flags: int, window: int, opts: bytes,
                   payload: Any) -> None:
         """A segment outside the window machinery (SYN, SYN/ACK, RST to a bad ACK)."""
         self.segs_out += 1
         self.output(self.build(self.local[0], self.remote[0], self.local[1], self.remote[1],
-                               seq32, ack32, flags, window, opts, payload, self.tos, self._ttl))
+                               seq32, ack32, flags, window, opts, payload, self.tos, self._ttl,
+                               self.tx_csum))
 
     # ---------------------------------------------------------------- inspection
 

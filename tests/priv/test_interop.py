@@ -6,8 +6,10 @@ Each transfer is time-bound; the 16 MiB ones run once per pair."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -17,6 +19,7 @@ from test_interop_util import (BAD_COUNTERS, KPEER, PY, delta, finish, kill_all,
 pytestmark = pytest.mark.priv
 
 MiB = 1 << 20
+_ports = itertools.count(8000)
 
 
 def kernel_mptcp(lab, csum_kernel: bool = False, ipv6: bool = False) -> None:
@@ -43,28 +46,44 @@ def run_pair(lab, tmp, size: int, ours: str, direction: str, port: int,
     try:
         kmode = "recv" if direction == "to_kernel" else "send"
         kfile = dst if kmode == "recv" else src
-        ofile_in = src if direction == "to_kernel" else os.devnull
-        ofile_out = os.devnull if direction == "to_kernel" else dst
         fam_flag = ["-6"] if fam == 6 else ["-4"]
-        if ours == "server":
-            with open(ofile_in, "rb") as fin, open(ofile_out, "wb") as fout:
-                procs.append(lab.popen("server", nc_argv(*fam_flag, "-l", str(port)),
-                                       stdin=fin, stdout=fout, stderr=subprocess.PIPE))
-            procs.append(lab.popen("client", [PY, script, "connect", str(fam), server_ip,
-                                              str(port), kmode, kfile,
-                                              "1" if kernel_mptcp_on else "0"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        kflag = "1" if kernel_mptcp_on else "0"
+        # our nc: reads `src` when it sends; when it receives, its stdin stays open until
+        # everything arrived (like an interactive ncat), so our DATA_FIN does not come
+        # before the kernel had the chance to join (the kernel refuses joins after it)
+        if direction == "to_kernel":
+            fin = open(src, "rb")
         else:
-            kp = lab.popen("server", [PY, script, "listen", str(fam), "", str(port), kmode,
-                                      kfile, "1" if kernel_mptcp_on else "0"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            procs.append(kp)
-            assert kp.stdout is not None
-            assert kp.stdout.readline().strip() == b"ready", "kernel server did not start"
-            with open(ofile_in, "rb") as fin, open(ofile_out, "wb") as fout:
-                procs.append(lab.popen("client", nc_argv(*fam_flag, "-w", "30", server_ip,
-                                                         str(port)),
-                                       stdin=fin, stdout=fout, stderr=subprocess.PIPE))
+            fin = subprocess.PIPE
+        with open(os.devnull if direction == "to_kernel" else dst, "wb") as fout:
+            if ours == "server":
+                ours_p = lab.popen("server", nc_argv(*fam_flag, "-l", str(port)),
+                                   stdin=fin, stdout=fout, stderr=subprocess.PIPE)
+                procs.append(ours_p)
+                procs.append(lab.popen("client", [PY, script, "connect", str(fam), server_ip,
+                                                  str(port), kmode, kfile, kflag],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            else:
+                kp = lab.popen("server", [PY, script, "listen", str(fam), "", str(port), kmode,
+                                          kfile, kflag],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                procs.append(kp)
+                assert kp.stdout is not None
+                assert kp.stdout.readline().strip() == b"ready", "kernel server did not start"
+                ours_p = lab.popen("client", nc_argv(*fam_flag, "-w", "30", server_ip,
+                                                     str(port)),
+                                   stdin=fin, stdout=fout, stderr=subprocess.PIPE)
+                procs.append(ours_p)
+        if fin is not subprocess.PIPE:
+            fin.close()
+        else:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and ours_p.poll() is None:
+                if os.path.exists(dst) and os.path.getsize(dst) >= size:
+                    break
+                time.sleep(0.05)
+            ours_p.stdin.close()
+            ours_p.stdin = None  # communicate() must not flush it again
         results = finish(procs, timeout)
     finally:
         kill_all(procs)
@@ -99,8 +118,7 @@ SIZES = [("1K", 1024), ("1M", MiB), ("16M", 16 * MiB)]
                                             ("client", "to_kernel"), ("client", "from_kernel")])
 def test_kernel_interop_v4(lab4, tmp_path, ours, direction, size):
     label, n = size
-    port = 8000 + hash((ours, direction, label)) % 900
-    r = run_pair(lab4, str(tmp_path), n, ours, direction, port)
+    r = run_pair(lab4, str(tmp_path), n, ours, direction, next(_ports))
     check_clean(r, n)
     mib = r["mib"]
     if ours == "server":

@@ -144,13 +144,26 @@ def remove_pins(ns: str) -> None:
         pass
 
 
+def preload(lab: Any, nodes: tuple[str, ...] = ("client", "server")) -> None:
+    """`mptcp-bpf load` on the nodes' devices: every stack started later reuses the pinned
+    fast path instead of compiling it again (and leaves it attached when it exits)."""
+    for node in nodes:
+        r = lab.exec(node, [PY, "-m", "mptcp_bpf", "load", *lab.devices(node)],
+                     capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            raise RuntimeError(f"mptcp-bpf load failed in {node}: {r.stderr[-2000:]}")
+
+
 @contextlib.contextmanager
-def lab_for(name: str, **kw: Any) -> Iterator[Any]:
-    """A lab that is removed (with its pins) even when the test fails."""
+def lab_for(name: str, fast_path: tuple[str, ...] = ("client", "server"),
+            **kw: Any) -> Iterator[Any]:
+    """A lab (with our fast path loaded on `fast_path` nodes) that is removed with its pins
+    even when the test fails."""
     from mptcp_bpf.lab.topology import Lab
     Lab.remove(name)
     lab = Lab.up(name, **kw)
     try:
+        preload(lab, fast_path)
         yield lab
     finally:
         for node in ("client", "server"):

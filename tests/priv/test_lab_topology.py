@@ -58,7 +58,7 @@ def test_direct_shape_ipv4_ipv6(make_lab):
 
 
 def test_router_shape_each_source_uses_its_path(make_lab):
-    lab = make_lab("rtr", paths=2, router=True)
+    lab = make_lab("rtr", paths=2, router=True, ipv6=True)
     assert lab.devices("router") == ["r1", "r2", "rs"]
     server = lab.addresses("server")
     assert server == ["10.0.3.3"]
@@ -67,6 +67,13 @@ def test_router_shape_each_source_uses_its_path(make_lab):
     for p, src in enumerate(lab.addresses("client"), start=1):
         before = _rx_packets(lab, "router", f"r{p}")
         out = lab.exec("client", ["ping", "-n", "-c", "3", "-i", "0.05", "-W", "2", "-I", src, server[0]],
+                       capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert _rx_packets(lab, "router", f"r{p}") - before >= 3, f"source {src} did not use path {p}"
+    server6 = lab.addresses("server", 6)[0]
+    for p, src in enumerate(lab.addresses("client", 6), start=1):
+        before = _rx_packets(lab, "router", f"r{p}")
+        out = lab.exec("client", ["ping", "-6", "-n", "-c", "3", "-i", "0.05", "-W", "2", "-I", src, server6],
                        capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stdout + out.stderr
         assert _rx_packets(lab, "router", f"r{p}") - before >= 3, f"source {src} did not use path {p}"

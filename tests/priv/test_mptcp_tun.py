@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import random
 import select
 import socket
@@ -74,6 +73,10 @@ class TunLab:
         except BaseException:
             self.close()
             raise
+        self.loss = 0.0            # drop probability per packet, both directions
+        self.down: set = set()     # tun devices whose path is cut (both directions)
+        self.rng = random.Random(7)
+        self.dropped = 0
         self.route = {bytes([10, 71, 1]): self.tuns[0], bytes([10, 71, 2]): self.tuns[1],
                       ipaddress.ip_address(K61).packed[:4]: self.tuns[0],
                       ipaddress.ip_address(K62).packed[:4]: self.tuns[1]}
@@ -111,7 +114,15 @@ class TunLab:
             by.setdefault(self.route.get(dst, self.tuns[0]), []).append(p)
         q.clear()
         for t, pkts in by.items():
+            if self.down or self.loss:
+                pkts = [p for p in pkts if not self._lose(t)]
             t.write_batch(pkts)
+
+    def _lose(self, t) -> bool:
+        if t in self.down or (self.loss and self.rng.random() < self.loss):
+            self.dropped += 1
+            return True
+        return False
 
     def run_until(self, pred, timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -132,6 +143,8 @@ class TunLab:
             now = time.monotonic()
             for t in self.tuns:
                 for p in t.read_batch(256):
+                    if (self.down or self.loss) and self._lose(t):
+                        continue
                     host.input(p, now)
             self.flush()
 
@@ -216,7 +229,8 @@ def exchange(lab: TunLab, conn, out: bytes, server: bool, timeout: float) -> tup
                 got.extend(b)
         except BlockingIOError:
             pass
-        return c.eof and state["shut"] and c._fin_acked or c.error is not None
+        return (c.eof and state["shut"] and (c._fin_acked or c.fallback and c.closed)
+                or c.error is not None)
 
     ok = lab.run_until(pump, timeout)
     return bytes(got), ok
@@ -357,3 +371,39 @@ def test_interop_fallback_plain_tcp_kernel(lab, role):
     assert conn.fallback
     assert hashlib.sha256(r["got"]).hexdigest() == hashlib.sha256(r["kern_data"]).hexdigest()
     assert r["kern"]["sha"] == hashlib.sha256(r["ours_data"]).hexdigest()
+
+
+def test_interop_loss_and_path_down(lab):
+    """1% loss both ways on both paths, then path B cut mid-transfer: data arrives intact
+    (our re-injection towards the kernel, the kernel's towards us)."""
+    lab.loss = 0.01
+    state = {}
+    orig = lab.run_until
+
+    def run_until(pred, timeout):
+        def wrapped():
+            c = next(iter(lab.host.conns.values()), None)
+            if c is not None and not state and c.snd_una > 1 << 20:
+                lab.down.add(lab.tuns[1])
+                state["cut_at"] = c.snd_una
+            return pred()
+        return orig(wrapped, timeout)
+
+    lab.run_until = run_until
+    r = run_transfer(lab, "kernel_server", 4 << 20, False, False)
+    assert state, "the path was never cut"
+    assert lab.dropped > 0
+    check(r, "kernel_server")
+
+
+def test_interop_no_join_to_initial_address(lab):
+    """8684 §3.1 C flag: the kernel server (allow_join_initial_addr_port=0) is only joined
+    on the address it announced."""
+    sh("ip", "netns", "exec", lab.ns, "sysctl", "-qw", "net.mptcp.allow_join_initial_addr_port=0")
+    r = run_transfer(lab, "kernel_server", 1 << 20, False, False)
+    check(r, "kernel_server")
+    c = r["conn"]
+    assert c.no_initial_join
+    sfs = c.info()["subflows"] + c.past_subflows
+    to_initial = [s for s in sfs if s["join"] and s["remote"].startswith(K1 + ":")]
+    assert not to_initial, sfs

@@ -9,6 +9,7 @@ import select
 import socket
 import subprocess
 import threading
+import time
 import warnings
 
 import pytest
@@ -147,3 +148,40 @@ def test_not_owned_traffic_stays_with_kernel(port):
                         "10.9.0.2"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert p.recv_batch(64) == []
+
+
+def test_one_socket_per_rx_queue():
+    """Two real RX queues: two sockets behind one fileno(), both deliver."""
+    from mptcp_bpf.datapath.ports import XdpPort
+
+    with bench.VethLab("mpbx-q") as lab:
+        for ns, dev in ((lab.a, "xa"), (lab.b, "xb")):
+            r = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-L", dev, "rx", "2",
+                                "tx", "2"], capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                pytest.skip(f"veth channels cannot be set: {r.stderr.strip()}")
+        fp = StandIn(lab)
+        try:
+            with XdpPort("xb", fp, netns=lab.b) as p:
+                assert len(p.socks) == 2
+
+                def send() -> None:
+                    # a new socket per datagram: the source port, hence the queue, varies
+                    for i in range(200):
+                        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                            s.setblocking(False)
+                            try:
+                                s.connect(("10.9.0.2", PORT))  # a SYN each
+                            except BlockingIOError:
+                                pass
+
+                run_in_netns(lab.a, send)
+                got: list = []
+                end = time.monotonic() + 20
+                while len(got) < 200 and time.monotonic() < end:
+                    select.select([p], [], [], 0.1)
+                    got += p.recv_batch(64)
+                assert len(got) >= 200  # (the kernel may retransmit a SYN: >=)
+                assert all(s.rx_packets > 0 for s in p.socks)
+        finally:
+            fp.close()

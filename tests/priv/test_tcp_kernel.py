@@ -143,11 +143,17 @@ def _pump_ours(loop: Loop, conn: PlainConn, data: bytes, state: dict) -> None:
     loop.flush()
 
 
-@pytest.mark.parametrize("fam,loss", [(4, 0.0), (6, 0.0), (4, 0.02)])
-def test_our_client_kernel_server(lab, fam, loss):
+@pytest.mark.parametrize("fam,loss,bare", [(4, 0.0, False), (6, 0.0, False), (4, 0.02, False),
+                                           (4, 0.02, True)])
+def test_our_client_kernel_server(lab, fam, loss, bare):
+    """bare: the kernel has SACK, timestamps and window scaling off (NewReno path)."""
     ns, tun, socks = lab
     f = FAMILIES[fam]
     af = socket.AF_INET if fam == 4 else socket.AF_INET6
+    if bare:
+        for key in ("tcp_sack", "tcp_timestamps", "tcp_window_scaling"):
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.{key}=0"],
+                           check=True, timeout=30)
 
     def mk() -> socket.socket:
         s = socket.socket(af, socket.SOCK_STREAM)
@@ -177,7 +183,8 @@ def test_our_client_kernel_server(lab, fam, loss):
             loop.k_tx = down
         return conn.established
     loop.run(accepted, 30)
-    assert conn.sf.sack_ok and conn.sf.ts_ok and conn.sf.ws_ok
+    negotiated = (conn.sf.sack_ok, conn.sf.ts_ok, conn.sf.ws_ok)
+    assert negotiated == ((False,) * 3 if bare else (True,) * 3)
 
     def done() -> bool:
         _pump_ours(loop, conn, up, state)

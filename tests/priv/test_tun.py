@@ -92,7 +92,8 @@ def ns():
 @pytest.fixture
 def responder(ns):
     """A tun in `ns` (10.77.0.1/24, fd77::1/64) whose far side is answered by `answer`."""
-    tun = open_tun("mpbxtun0", ns, addrs=["10.77.0.1/24", "fd77::1/64"])
+    tun = open_tun("mpbxtun0", ns, addrs=["10.77.0.1/24", "fd77::1/64"],
+                   routes=["10.99.0.0/24", ("fd99::/64", "fd77::1")])
     stop = threading.Event()
     seen: list[bytes] = []
 
@@ -121,12 +122,15 @@ def test_device_lives_in_namespace(ns, responder):
     out = subprocess.run(["ip", "-n", ns, "-br", "addr", "show", "dev", tun.name],
                          capture_output=True, text=True, timeout=30).stdout
     assert "10.77.0.1/24" in out and "fd77::1/64" in out
+    link = subprocess.run(["ip", "-n", ns, "link", "show", "dev", tun.name],
+                          capture_output=True, text=True, timeout=30).stdout
+    assert "qlen 4096" in link and "mtu 1500" in link
     # and not in ours
     assert tun.name not in subprocess.run(["ip", "-br", "link"], capture_output=True,
                                           text=True, timeout=30).stdout
 
 
-@pytest.mark.parametrize("dst", ["10.77.0.2", "fd77::2"])
+@pytest.mark.parametrize("dst", ["10.77.0.2", "fd77::2", "10.99.0.5", "fd99::5"])
 def test_ping_answered_by_us(ns, responder, dst):
     _, seen = responder
     r = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "5",

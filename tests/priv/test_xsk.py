@@ -173,6 +173,25 @@ def csum_xsk(request, lab, prog):
         xsk.close()
 
 
+def test_batch_larger_than_tx_ring(lab, prog):
+    """More frames than TX frames in one call: the batch is handed over in parts."""
+    xsk = make_rx(lab, prog, rx_size=256, tx_size=64)
+    sock = run_in_netns(lab.a, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(("10.9.0.1", 7002))
+        sock.settimeout(10)
+        frames = [bench.udp_frame(lab.mac_b, lab.mac_a, b"big%04d" % i, dport=7002)
+                  for i in range(1000)]
+        assert xsk.send_batch(frames) == 1000
+        got = [sock.recvfrom(100)[0] for _ in range(1000)]
+        assert got == [b"big%04d" % i for i in range(1000)]
+        assert xsk.statistics()["tx_dropped"] == 0
+    finally:
+        sock.close()
+        xsk.close()
+
+
 def test_tx_checksum_offload(lab, csum_xsk):
     """The kernel (or our fallback without offload) fills the UDP checksum from the
     pseudo-header sum we leave in the field."""

@@ -516,3 +516,67 @@ def test_fast_path_payload_sums(lie):
     else:
         got_s, _ = p.transfer(data)
         assert got_s == data and p.b.stats["rx_csum_fail"] == 0
+
+
+@pytest.mark.parametrize("enabled,ask,mptcp", [(0, None, False), (1, None, True), (2, None, False),
+                                               (2, True, True), (1, False, False)])
+def test_enabled_setting(enabled, ask, mptcp):
+    p = Pair(client_cfg={"enabled": enabled})
+    opts = {} if ask is None else {"mptcp": ask}
+    c, s = p.connect(**opts)
+    assert c.fallback == (not mptcp) and s.fallback == (not mptcp)
+
+
+def _mptcp_subs(pkt: bytes) -> list:
+    q = parse_ip_packet(pkt)
+    out = []
+    for o in parse_tcp_options(q.options).mptcp:
+        out.append(parse_mptcp(o, syn=bool(q.flags & SYN)))
+    return out
+
+
+def test_v1_data_on_third_ack_and_fourth_ack_rule():
+    """8684 §3.1: the first data carries MP_CAPABLE with the data-level length; the
+    client repeats MP_CAPABLE on its ACKs until the server's DSS arrives."""
+    from mptcp_bpf.wire.mptcp import Dss, MpCapable
+    p = Pair(paths=1)
+    seen: list = []
+    p.net.taps.append(lambda pkt, now: seen.append((now, pkt)))
+    c = p.a.connect((p.b_addrs[0], 80), now=p.net.now)
+    c.send(b"early data")
+    p.net.run_until(lambda: p.lst.accept() is not None or False, 5)
+    p.run(1.0)
+    client_src = ip(p.a_addrs[0])
+    out = [(parse_ip_packet(x), _mptcp_subs(x)) for _, x in seen if parse_ip_packet(x).src == client_src]
+    data = [(q, subs) for q, subs in out if len(q.payload)]
+    q0, subs0 = data[0]
+    mpc = [x for x in subs0 if isinstance(x, MpCapable)]
+    assert mpc and mpc[0].data_len == len(b"early data") and mpc[0].receiver_key is not None
+    third = [subs for q, subs in out if not q.flags & SYN and not len(q.payload)][0]
+    assert any(isinstance(x, MpCapable) and x.receiver_key is not None for x in third)
+    # after the server's DSS the client uses DSS only
+    assert not c.mpc_ack_pending and c.fully_established
+    n = len(seen)
+    c.send(b"later data")
+    p.run(1.0)
+    late = [_mptcp_subs(x) for _, x in seen[n:] if parse_ip_packet(x).src == client_src]
+    assert late and all(isinstance(x, Dss) for subs in late for x in subs)
+
+
+def test_half_open_connections_free_the_backlog():
+    """SYNs whose handshake never completes time out and do not fill the listener."""
+    p = Pair(paths=1)
+    p.lst.backlog = 3
+    src, dst = ip(p.a_addrs[0]), ip(p.b_addrs[0])
+    p.net.detach(src)                      # SYN/ACKs go nowhere
+    from mptcp_bpf.wire.mptcp import MpCapable
+    for port in range(50000, 50003):
+        p.net.send(build_tcp_packet(src, dst, port, 80, 7, 0, SYN, 65535,
+                                    emit(MpCapable(1, 0x01)), b""))
+    p.run(1.0)
+    assert p.lst.pending == 3
+    p.run(120.0)
+    assert p.lst.pending == 0 and not p.b.conns
+    p.net.attach(src, lambda pkt, now: p.a.input(pkt, now))
+    c, s = p.connect()
+    assert c.connected and s is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -520,10 +519,9 @@ def test_owner_hooks_see_chunks_meta_and_ssn():
     assert [x[4] for x in seen_tx] == ["m1", "m1", "m1", "m2"]
     assert [x[1] for x in seen_tx] == [0, 1444, 2888, 3000]
     assert [x[2] for x in seen_tx] == [0, 0, 0, 3000]
-    assert seen_rx == [] or seen_rx[0] == 0
     assert p.accepted and bytes(p.accepted[0].rbuf) == b"a" * 3000 + b"b" * 10
-    pend = sf.pending_chunks()
-    assert pend == []
+    assert sf.pending_chunks() == []            # everything acked
+    assert not seen_rx                          # the server sent no data
 
 
 def test_pending_chunks_for_reinjection():
@@ -585,7 +583,6 @@ def test_header_struct_sanity():
     c.send(b"hello", p.net.now)
     p.net.run(p.net.now + 1)
     assert all(tcp_checksum_ok(q) for _, q in p.pkts)
-    assert struct.unpack("!H", b"\x00\x50")[0] == 80
 
 
 def test_link_down_mid_transfer_recovers_with_rto():
@@ -735,3 +732,112 @@ def test_karn_without_timestamps_keeps_backed_off_rto():
     c.send(b"m" * 100, p.net.now)
     assert p.net.run_until(lambda: c.sf.snd_una == c.sf.snd_nxt, 10)
     assert c.sf.rto == pytest.approx(0.2)  # ...until a valid sample
+
+
+def test_fin_wait2_timeout_is_opt_in():
+    p = Pair(cfg_a=SubflowConfig(fin_wait2_timeout=5.0))
+    c, s = p.connect()
+    c.close(p.net.now)
+    p.net.run(p.net.now + 1)
+    assert c.sf.state == sfm.FIN_WAIT2 and s.sf.state == sfm.CLOSE_WAIT
+    p.net.run(p.net.now + 3)
+    assert c.sf.state == sfm.FIN_WAIT2     # the server may still send data meanwhile
+    s.send(b"late data", p.net.now)
+    p.net.run(p.net.now + 0.5)
+    assert bytes(c.rbuf) == b"late data"
+    p.net.run(p.net.now + 2)
+    assert c.sf.state == sfm.CLOSED and c.closed_reason == "timeout"
+    assert s.sf.state == sfm.CLOSE_WAIT    # without the option: waits for the FIN for ever
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), min_size=1, max_size=12))
+def test_sack_range_merge_matches_a_set_model(blocks):
+    sf = Subflow((A, 1), (B, 2), None, TimerWheel(), lambda b: None)
+    covered: set[int] = set()
+    for left, ln in blocks:
+        new = sf._sack_insert(left, left + ln)
+        want = set(range(left, left + ln)) - covered
+        got = set()
+        for a, b in new:
+            assert a < b
+            got |= set(range(a, b))
+        assert got == want
+        covered |= want
+        rs = sf._sack_ranges
+        assert all(rs[i][1] < rs[i + 1][0] for i in range(len(rs) - 1))  # sorted, disjoint
+        assert set().union(*(set(range(a, b)) for a, b in rs)) == covered
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(0, 0x1FF), st.integers(-70000, 70000),
+                          st.integers(-70000, 70000), st.integers(0, 0xFFFF),
+                          st.integers(0, 10).map(lambda n: 4 * n).flatmap(
+                              lambda n: st.binary(min_size=n, max_size=n)),
+                          st.binary(max_size=64)), min_size=1, max_size=25),
+       st.sampled_from(["established", "syn_sent", "syn_recv", "fin_wait"]))
+def test_random_segments_never_crash(segs, where):
+    """Malformed or hostile segments (random flags, sequence and ack numbers around the
+    live ones, garbage options) are counted or answered, never an exception."""
+    p = Pair(delay=0.001)
+    if where == "syn_sent":
+        p.link.down = True
+        conn = p.ha.connect(A, (B, 80), 0.0)
+        target, host, peer_port = conn.sf, p.ha, 80
+    else:
+        c, s = p.connect()
+        c.send(b"d" * 5000, p.net.now)
+        p.net.run(p.net.now + 0.0005)
+        if where == "fin_wait":
+            c.close(p.net.now)
+        target, host, peer_port = c.sf, p.ha, 80
+        if where == "syn_recv":
+            syn = build_tcp_packet(A, B, 5555, 80, 1000, 0, sfm.SYN, 1000,
+                                   bytes.fromhex("020405b4"), b"")
+            p.hb.input(syn, p.net.now)
+            target, host = p.hb.conns[(B, 80, A, 5555)].sf, p.hb
+            peer_port = 5555
+    src, dst = (B, A) if host is p.ha else (A, B)
+    for flags, dseq, dack, win, opts, data in segs:
+        seq = (target.irs + target.rcv_nxt + dseq) & 0xFFFFFFFF
+        ack = (target.iss + target.snd_una + dack) & 0xFFFFFFFF
+        sport, dport = (peer_port, target.sport)
+        pkt = build_tcp_packet(src, dst, sport, dport, seq, ack, flags, win, opts, data)
+        host.input(pkt, p.net.now)
+        p.net.run(p.net.now + 0.01)
+    p.net.run(p.net.now + 5)
+    assert target.state in sfm.STATE_NUMBERS
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.integers(0, 0x1FF), st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFF),
+       st.integers(0, 10).map(lambda n: 4 * n).flatmap(
+           lambda n: st.binary(min_size=n, max_size=n)), st.binary(max_size=32))
+def test_random_syns_to_a_listener_never_crash(flags, seq, win, opts, data):
+    p = Pair()
+    pkt = build_tcp_packet(A, B, 6000, 80, seq, 0, flags | sfm.SYN, win, opts, data)
+    p.hb.input(pkt, 0.0)
+    p.net.run(30)
+    assert p.hb.dropped + p.hb.rsts_sent + len(p.accepted) >= 1
+
+
+def _opt_fields(o):
+    return (o.mss, o.wscale, o.sack_perm, o.sack, o.ts, o.mptcp)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.one_of(st.binary(max_size=44),
+                 st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 40),
+                           st.binary(max_size=30)).map(
+                     lambda t: b"\x01\x01\x08\x0a" + t[0] + bytes([30, t[1]]) + t[2])))
+def test_fast_option_parser_matches_the_generic_one(raw):
+    from mptcp_bpf.tcp.common import _fast_opts
+    from mptcp_bpf.wire.errors import WireError
+    try:
+        want = _opt_fields(parse_tcp_options(raw))
+    except WireError:
+        with pytest.raises(WireError):
+            _fast_opts(raw)
+        return
+    assert _opt_fields(_fast_opts(raw)) == want
