@@ -163,6 +163,8 @@ class FastPath:
         with pins.in_netns(netns):
             path = pin_dir or pins.pin_dir(None)
             cookie = pins.netns_cookie()
+            for dev in devices:       # a typo must not cost a compile
+                _ifindex(dev)
             pins.ensure_dir(path)
             with pins.locked(path):
                 if pins.drop_if_stale(path, cookie):   # a deleted namespace's leftovers
@@ -208,6 +210,9 @@ class FastPath:
         except PermissionError:
             raise HintedError("cannot open the pinned fast path: permission denied",
                               "run as root") from None
+        except FileNotFoundError as exc:
+            raise HintedError(f"the pinned fast path in {path} is incomplete ({exc})",
+                              "load it again: mptcp-bpf load DEV...") from None
 
     def close(self) -> None:
         for m in self.maps.values():

@@ -82,10 +82,15 @@ def setup(lab: Lab) -> None:
     lab.mptcp("server", limits={"subflows": 1, "add_addr_accepted": 1}, endpoints=[])
 
 
-def shape(lab: Lab, case: Case, limit: int | None = None) -> None:
+def shape(lab: Lab, case: Case, limit: int | None = None, queue_ms: float | None = None) -> None:
+    """Both directions of path i: rate_i and delay_i; the TBF queue is `limit` bytes, or
+    `queue_ms` of the path's rate, or the lab's default (100 ms)."""
     for path, rate, delay in ((1, case.rate1, case.delay1), (2, case.rate2, case.delay2)):
         lab.link(path, clear=True)
-        lab.link(path, rate=f"{rate}mbit", delay=delay, limit=limit)
+        lim = limit
+        if lim is None and queue_ms:
+            lim = max(4542, int(rate * 1e6 / 8 * queue_ms / 1000))
+        lab.link(path, rate=f"{rate}mbit", delay=delay, limit=lim)
 
 
 Hook = Callable[[Lab, Case], float]
@@ -146,9 +151,9 @@ def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: 
 
 def run_case(lab: Lab, case: Case, retries: int = 1, server_cmd: str | None = None,
              client_cmd: str | None = None, hook: Hook | None = None, limit: int | None = None,
-             cc: str = "cubic") -> Result:
+             cc: str = "cubic", queue_ms: float | None = None) -> Result:
     """Shape the paths for `case`, run the transfer (retried `retries` times if over the bound)."""
-    shape(lab, case, limit)
+    shape(lab, case, limit, queue_ms)
     timeout = max(60.0, case.bound * 6)
     attempts: list[float] = []
     error = ""
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=1, help="reruns of a case that misses (default 1)")
     p.add_argument("--cc", default="cubic", help="congestion control of the sockets (default cubic)")
     p.add_argument("--limit", type=int, help="rate queue in bytes (default: 100 ms of the rate)")
+    p.add_argument("--queue-ms", type=float, help="rate queue in ms of each path's rate")
     p.add_argument("--server-cmd", help="server command in the server namespace; {addr} {port} {size}")
     p.add_argument("--client-cmd", help="client command; prints JSON with 'elapsed' or is timed")
     p.add_argument("--json", metavar="FILE", help="also write the JSON results to FILE ('-' = stdout only)")
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup(lab)
         for case in todo:
-            r = run_case(lab, case, a.retries, a.server_cmd, a.client_cmd, limit=a.limit, cc=a.cc)
+            r = run_case(lab, case, a.retries, a.server_cmd, a.client_cmd, limit=a.limit, cc=a.cc,
+                         queue_ms=a.queue_ms)
             results.append(r)
             print(f"{case.label}: {r.elapsed:.3f} s (bound {case.bound:.3f}) {'ok' if r.ok else 'MISS'}",
                   file=sys.stderr, flush=True)

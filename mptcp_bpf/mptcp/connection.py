@@ -356,6 +356,11 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
             self.host.count("join_established")
             self._sf_ready(msf)
         if not opts:
+            if self.mpc_ack_pending and not msf.join and msf.tcp.snd_una > 1:
+                # 8684 §3.7: our data was acked without any DSS: the options are being
+                # stripped on the path (or the peer is not doing MPTCP after all)
+                self.host.count("fallback_no_dss_ack")
+                self._do_fallback("data acked without DSS")
             return
         ack = None
         for o in opts:

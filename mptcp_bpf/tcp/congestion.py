@@ -57,10 +57,11 @@ class CongestionControl:
         if sf.cwnd < sf.ssthresh:
             sf.cwnd += min(acked, sf.mss)
         else:
-            sf.cwnd += max(1, sf.mss * sf.mss // sf.cwnd)
+            sf.cwnd += max(1, sf.mss * acked // sf.cwnd)  # per byte acked (RFC 3465), as Linux
 
     def ssthresh_on_loss(self, sf: CcSubflow) -> int:
-        return max(sf.in_flight // 2, 2 * sf.mss)
+        """RFC 5681 §3.1: half the data outstanding (SACKed bytes included)."""
+        return max(getattr(sf, "flight_size", sf.in_flight) // 2, 2 * sf.mss)
 
     def on_enter_recovery(self, sf: CcSubflow, now: float) -> None:
         sf.ssthresh = self.ssthresh_on_loss(sf)

@@ -183,3 +183,63 @@ def test_loss_and_path_down(lab4, tmp_path):
         lab4.link(2, up=True)
         time.sleep(0.2)
     assert r["got"] == r["want"], r["results"]
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_ours_vs_ours(tmp_path, version):
+    """Our client (mptcp_version set in its namespace) against our server, which answers
+    in the client's version: 1K, 1M and 16M, sha256 equal."""
+    with lab_for(f"mpbso{version}", paths=2) as lab:
+        set_our_sysctl(lab, "client", version=version)
+        for size in (1024, MiB, 16 * MiB):
+            port = next(_ports)
+            src, dst = str(tmp_path / "in"), str(tmp_path / "out")
+            want = make_file(src, size)
+            with open(dst, "wb") as fout:
+                srv = lab.popen("server", nc_argv("-l", str(port)), stdin=subprocess.DEVNULL,
+                                stdout=fout, stderr=subprocess.PIPE)
+            procs = [srv]
+            try:
+                time.sleep(0.5)
+                with open(src, "rb") as fin:
+                    procs.append(lab.popen("client", nc_argv("-w", "30",
+                                                             lab.addresses("server")[0],
+                                                             str(port)),
+                                           stdin=fin, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE))
+                res = finish(procs, 240)
+            finally:
+                kill_all(procs)
+            assert sha256_file(dst) == want, (size, res)
+            assert all(rc == 0 for rc, _ in res), (size, res)
+
+
+def test_v4_start_v6_join(tmp_path):
+    """A connection that starts on IPv4 and joins an IPv6 address the kernel announced."""
+    import threading
+    with lab_for("mpbsi46", paths=2, ipv6=True) as lab:
+        v6 = lab.addresses("server", 6)
+        lab.mptcp("server", limits={"subflows": 8, "add_addr_accepted": 8},
+                  endpoints=[f"{v6[1]} signal"])
+        lab.mptcp("client", limits={"subflows": 8, "add_addr_accepted": 8}, endpoints=[])
+        peers: set[str] = set()
+        stop = threading.Event()
+
+        def watch():
+            while not stop.wait(0.1):
+                r = lab.exec("server", ["ss", "-Htn", "state", "established"],
+                             capture_output=True, text=True, timeout=30)
+                for line in r.stdout.splitlines():
+                    f = line.split()
+                    if len(f) >= 4:
+                        peers.add(f[-1])
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        try:
+            r = run_pair(lab, str(tmp_path), 16 * MiB, "client", "to_kernel", next(_ports))
+        finally:
+            stop.set()
+            t.join(10)
+        check_clean(r, 16 * MiB)
+        assert r["mib"].get("MPJoinSynRx", 0) >= 1, r["mib"]
+        assert any(p.startswith("[") for p in peers), f"no IPv6 subflow seen: {peers}"

@@ -580,3 +580,30 @@ def test_half_open_connections_free_the_backlog():
     p.net.attach(src, lambda pkt, now: p.a.input(pkt, now))
     c, s = p.connect()
     assert c.connected and s is not None
+
+
+def test_fallback_when_a_middlebox_strips_options_after_the_handshake():
+    """8684 §3.7: MP_CAPABLE survives the SYNs, then every MPTCP option is removed: both
+    ends notice the missing DSS and carry on as plain TCP."""
+    p = Pair(paths=1, client_cfg={"path_manager": "default"})
+
+    def strip(out):
+        def send(pkt):
+            q = parse_ip_packet(pkt)
+            if not q.flags & SYN and q.options:
+                o = parse_tcp_options(q.options)
+                if o.mptcp:
+                    keep = b"" if o.ts is None else bytes((1, 1, 8, 10)) + o.ts[0].to_bytes(4, "big") \
+                        + o.ts[1].to_bytes(4, "big")
+                    pkt = build_tcp_packet(q.src, q.dst, q.sport, q.dport, q.seq, q.ack, q.flags,
+                                           q.window, keep, bytes(q.payload))
+            out(pkt)
+        return send
+
+    p.a.output = strip(p.net.send)
+    p.b.output = strip(p.net.send)
+    c, s = p.connect()
+    data = random.Random(13).randbytes(300_000)
+    got_s, got_c = p.transfer(data, b"reply")
+    assert got_s == data and got_c == b"reply"
+    assert c.fallback and s.fallback

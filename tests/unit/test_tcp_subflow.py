@@ -56,8 +56,10 @@ def transfer(pair: Pair, c: PlainConn, s: PlainConn, up: bytes, down: bytes = b"
     """Send `up` client->server and `down` server->client, close both, collect both."""
     got_s, got_c = bytearray(), bytearray()
     now = pair.net.now
-    c.send(up, now) if up else None
-    s.send(down, now) if down else None
+    if up:
+        c.send(up, now)
+    if down:
+        s.send(down, now)
     c.close(now)
     s.close(now)
 

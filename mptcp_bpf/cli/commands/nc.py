@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
 def pump(conn: Any) -> int:
     """stdin -> conn (half-close at EOF), conn -> stdout; 0 only for a clean end."""
-    state = {"sending": False, "send_ok": None}
+    state: dict[str, Any] = {"sending": False, "send_ok": None, "abandoned": False}
     fin_in = sys.stdin.buffer
     fout = sys.stdout.buffer
 
@@ -227,6 +227,8 @@ def pump(conn: Any) -> int:
             conn.shutdown(_socket.SHUT_WR)
             state["send_ok"] = True
         except OSError as exc:
+            if state.get("abandoned"):
+                return  # the peer closed and we stopped waiting for stdin: not an error
             print(f"mptcp-bpf nc: send: {exc.strerror or exc}", file=sys.stderr)
             state["send_ok"] = False
         finally:
@@ -249,6 +251,8 @@ def pump(conn: Any) -> int:
     while t.is_alive() and state["sending"]:
         t.join(0.1)
     if recv_ok and state["send_ok"] is None and t.is_alive():
+        state["abandoned"] = True
         state["send_ok"] = True
+    ok = bool(recv_ok and state["send_ok"])
     linger_close(conn)
-    return 0 if recv_ok and state["send_ok"] else 1
+    return 0 if ok else 1
