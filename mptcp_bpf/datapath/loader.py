@@ -90,7 +90,8 @@ def compile_program(pin_path: str, source: str | None = None) -> tuple[object, i
     except ImportError:
         raise HintedError("python3-bpfcc (bcc) is not importable",
                           "run ./tools/bootstrap, or apt-get install python3-bpfcc") from None
-    text = open(source or XDP_SOURCE).read()
+    with open(source or XDP_SOURCE) as f:
+        text = f.read()
     text = text.replace("@SYSCTL_PIN@", os.path.join(pin_path, "sysctl"))
     with _capture_stderr() as err:
         try:

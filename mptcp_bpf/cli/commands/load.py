@@ -4,6 +4,7 @@ on devices of this network namespace, pinned under /run/mptcp-bpf/<netns inode>/
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 from mptcp_bpf.cli.common import emit
@@ -27,7 +28,9 @@ def load(args: argparse.Namespace) -> int:
         fp = FastPath.load(args.devices, generic=args.generic)
     try:
         for w in caught:
-            print(f"mptcp-bpf: warning: {w.message}", file=__import__("sys").stderr)
+            if not issubclass(w.category, RuntimeWarning):
+                continue   # bcc's own deprecation noise
+            print(f"mptcp-bpf: warning: {w.message}", file=sys.stderr)
         modes = fp.device_modes()
         data = {"prog_id": fp.prog_id, "pin_dir": fp.path,
                 "devices": [{"ifindex": i, "name": n, "mode": modes.get(n, "?")}
