@@ -36,6 +36,22 @@ debug_log = logging.getLogger("mptcp_bpf.debug")
 
 RX_BATCH = 64
 
+# host counter -> the kernel's MPTcpExt MIB name (`mptcp-bpf stats` shows both)
+MIB_NAMES = {
+    "mpc_syn_rx": "MPCapableSYNRX", "fallback_syn": "MPCapableFallbackSYN",
+    "fallback_synack": "MPCapableFallbackSYNACK", "fallback_no_dss": "MPCapableFallbackACK",
+    "join_syn_rx": "MPJoinSynRx", "join_established": "MPJoinAckRx",
+    "join_syn_unknown_token": "MPJoinNoTokenFound", "join_limit": "MPJoinRejected",
+    "join_synack_hmac_fail": "MPJoinSynAckHMacFailure",
+    "join_ack_hmac_fail": "MPJoinAckHMacFailure", "join_tx": "MPJoinSynTx",
+    "add_addr_rx": "AddAddr", "add_addr_echo_rx": "EchoAdd", "add_addr_tx": "AddAddrTx",
+    "rm_addr_rx": "RmAddr", "rm_addr_tx": "RmAddrTx", "mp_prio_rx": "MPPrioRx",
+    "mp_prio_tx": "MPPrioTx", "mp_fail_rx": "MPFailRx", "mp_fail_tx": "MPFailTx",
+    "fastclose_rx": "MPFastcloseRx", "fastclose_tx": "MPFastcloseTx", "tcprst_rx": "MPRstRx",
+    "rx_csum_fail": "DataCsumErr", "rx_infinite_map": "InfiniteMapRx",
+    "add_addr_hmac_fail": "AddAddrDrop",
+}
+
 
 @dataclass
 class StackConfig:
@@ -531,10 +547,14 @@ class Stack:
                 hs = hs()
             if isinstance(hs, dict):
                 st.update(hs)
+                for name, mib in MIB_NAMES.items():
+                    if name in hs:
+                        st[mib] = st.get(mib, 0) + int(hs[name])
             st.update({f"stack_{k}": v for k, v in self.counters.items()})
             if self.fastpath is not None:
                 try:
-                    st["fastpath"] = self.fastpath.counters()
+                    for k, v in self.fastpath.counters().items():
+                        st[f"fastpath_{k}"] = v
                 except Exception:
                     pass
             return st

@@ -31,7 +31,9 @@ import sys
 import time
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# MPTCP_BPF_SRC=dir measures another source tree (before/after comparisons)
+sys.path.insert(0, os.environ.get("MPTCP_BPF_SRC")
+                or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mptcp_bpf.mptcp.host import Host, HostConfig  # noqa: E402
 from mptcp_bpf.tcp.common import SubflowConfig  # noqa: E402
@@ -238,6 +240,18 @@ def report(name: str, r: dict, data_segs: int) -> None:
           + (f"  (replay ok={r['ok']})" if "ok" in r else ""))
 
 
+def _no_tx_csum() -> None:
+    """Every Subflow made from now on leaves its TCP checksum 0 (a datapath fills it)."""
+    from mptcp_bpf.tcp.subflow import Subflow
+    init = Subflow.__init__
+
+    def patched(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        self.tx_csum = False
+
+    Subflow.__init__ = patched  # type: ignore[method-assign]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["mptcp", "tcp", "sender", "receiver", "all"])
@@ -247,31 +261,40 @@ def main() -> int:
     ap.add_argument("--csum", action="store_true", help="MPTCP DSS checksums on")
     ap.add_argument("--repeat", type=int, default=1, help="repeat and print each run")
     ap.add_argument("--profile", action="store_true", help="cProfile top-20 (tottime)")
+    ap.add_argument("--no-tx-csum", action="store_true",
+                    help="subflows leave the TCP checksum to the datapath (sf.tx_csum = False)")
     a = ap.parse_args()
     total = int(a.mb * 1e6)
+    if a.no_tx_csum:
+        _no_tx_csum()
     modes = ["tcp", "mptcp", "sender", "receiver"] if a.mode == "all" else [a.mode]
     for mode in modes:
         proto = mode if mode in ("tcp", "mptcp") else a.proto
         need_rec = mode in ("sender", "receiver")
         base, rec = full_run(proto, total, a.csum, record=need_rec) if need_rec else (None, None)
+        data_segs = sum(1 for _, p in rec["b"] if len(p) > 100) if need_rec else -(-total // 1400)
+        runs: list[float] = []
         for _ in range(a.repeat):
             prof = cProfile.Profile() if a.profile else None
             if prof:
                 prof.enable()
             if need_rec:
                 r = replay(proto, total, a.csum, mode, rec)
-                data_segs = sum(1 for _, p in rec["b"] if len(p) > 100)
             else:
                 r, _ = full_run(proto, total, a.csum, record=False)
-                data_segs = -(-total // 1400)
             if prof:
                 prof.disable()
             label = mode if mode in ("tcp", "mptcp") else f"{mode}/{proto}"
             report(label, r, data_segs)
+            runs.append(r["cpu"] / data_segs * 1e6)
             if prof:
                 s = io.StringIO()
                 pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
                 print(s.getvalue())
+        if len(runs) > 1:
+            runs.sort()
+            print(f"{label:10s} us/data seg over {len(runs)} runs: min {runs[0]:.1f}  "
+                  f"median {runs[len(runs) // 2]:.1f}  max {runs[-1]:.1f}")
     return 0
 
 

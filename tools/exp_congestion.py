@@ -78,7 +78,7 @@ def trial(lab: Any, cc: str, load: int, seconds: float, warmup: float) -> dict[s
             "loaded_mbps": loaded * 8 / span / 1e6,
             "free_share": free / (free + loaded) if free + loaded else 0.0,
             "subflows": (mine.get("end") or {}).get("subflows"),
-            "series": {k: [v[0], v[1]] for k, v in series.items()}}
+            "series": {k: [v[0], v[1]] for k, v in series.items()}, "ours": X.compact(mine)}
 
 
 def plot(rows: list[dict[str, Any]], png: Path, c2: str) -> None:

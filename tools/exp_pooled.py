@@ -28,6 +28,20 @@ PORT = 10001
 MODES = ["kernel<->kernel", "kernel->kernel", "ours->kernel", "kernel->ours"]
 
 
+def per_path_routes(lab: Any) -> None:
+    """Routes to the server's subnet through each client path, path 1 preferred (metric).
+
+    Kernel lookups keep using path 1 (as the lab's default route) and the source rules;
+    our stack asks for the next hop with the outgoing device only (datapath/neigh.py
+    `route get dst oif`, no source address), which without these finds no gateway on path 2.
+    """
+    net = lab.addresses("server")[0].rsplit(".", 1)[0] + ".0/24"
+    gws = lab.addresses("router")
+    for i, dev in enumerate(lab.devices("client")):
+        lab.exec("client", ["ip", "route", "add", net, "via", gws[i], "dev", dev, "metric", str(10 * (i + 1))],
+                 check=True, capture_output=True)
+
+
 def one_way(lab: Any, case: Any, mode: str, timeout: float) -> float:
     """Seconds from connect to the receiver's answer for one transfer of case.size bytes."""
     dst = lab.addresses("server")[0]
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     try:
         bench.setup(lab)
+        per_path_routes(lab)
         with X.fast_path(lab, ["client", "server"]):
             for case in todo:
                 rows += run_case(lab, case, modes, a.retries)

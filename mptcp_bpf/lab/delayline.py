@@ -96,7 +96,10 @@ class DelayLine:
     def run(self) -> None:
         # Signals wake select() through this pipe (PEP 475 would otherwise resume the wait).
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        try:
+            signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        except ValueError:
+            pass  # not the main thread (tests): settings are then set directly
         fds = list(self.fds) + [wake_r]
         heap = self.heap
         push, pop = heapq.heappush, heapq.heappop
@@ -104,7 +107,7 @@ class DelayLine:
         while not self.stop:
             if self.reload_wanted:
                 self.reload()
-            timeout = 1.0
+            timeout = 0.25  # idle wake-ups to notice a stop request
             if heap:
                 timeout = max(0.0, heap[0][0] - now_fn() - EARLY / 2)
             try:

@@ -296,7 +296,7 @@ def load_program(st: dict[str, Any]) -> None:
     for p in range(1, st["paths"] + 1):
         for d in DIRS:
             for dev in (_ingress(st, p, d), _tap(st, p, d)):
-                cmds += [f"qdisc add dev {dev} clsact",
+                cmds += [f"qdisc replace dev {dev} clsact",  # keeps filters others added
                          f"filter add dev {dev} ingress bpf direct-action object-pinned {prog}"]
     sh.tc_batch(cmds, st["ns"]["wire"])
     os.unlink(prog)  # the filters hold the program; only the maps stay pinned

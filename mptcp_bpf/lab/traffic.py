@@ -19,7 +19,6 @@ import select
 import socket
 import struct
 import sys
-import threading
 import time
 
 IPPROTO_MPTCP = 262
@@ -98,37 +97,51 @@ def _stream_socket(dst_or_bind: str, tcp: bool, cc: str = "") -> socket.socket:
     return s
 
 
-def _exchange(sock: socket.socket, size: int) -> tuple[int, float, float]:
-    """Send `size` bytes (then SHUT_WR) while reading until EOF; (received, t_sent, t_recv)."""
+def _exchange(sock: socket.socket, size: int, timeout: float = 120.0) -> tuple[int, float, float]:
+    """Send `size` bytes (then SHUT_WR) while reading until EOF, in one poll loop as the
+    selftests' mptcp_connect does (no threads, no per-read allocation).
+    Returns (received, t_sent, t_recv) in seconds from the start."""
     t0 = time.monotonic()
-    done_send = [0.0]
-    error: list[BaseException] = []
-
-    def sender() -> None:
-        buf = memoryview(bytes(CHUNK))
-        left = size
-        try:
-            while left:
-                n = sock.send(buf[:min(CHUNK, left)])
-                left -= n
-            sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            error.append(exc)
-        done_send[0] = time.monotonic() - t0
-
-    th = threading.Thread(target=sender, daemon=True)
-    th.start()
+    sock.setblocking(False)
+    out = memoryview(bytes(CHUNK))
+    inbuf = bytearray(256 * 1024)
+    left = size
     got = 0
-    while True:
-        data = sock.recv(1 << 20)
-        if not data:
-            break
-        got += len(data)
-    t_recv = time.monotonic() - t0
-    th.join()
-    if error:
-        raise error[0]
-    return got, done_send[0], t_recv
+    t_send = t_recv = 0.0
+    eof = False
+    if left == 0:
+        sock.shutdown(socket.SHUT_WR)
+    poller = select.poll()
+    deadline = t0 + timeout
+    while not eof or left:
+        mask = (select.POLLIN if not eof else 0) | (select.POLLOUT if left else 0)
+        poller.register(sock, mask)
+        if not poller.poll(1000):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"transfer stalled: sent {size - left}/{size}, received {got}")
+            continue
+        if not eof:
+            try:
+                while True:
+                    n = sock.recv_into(inbuf)
+                    if n == 0:
+                        eof = True
+                        t_recv = time.monotonic() - t0
+                        break
+                    got += n
+            except BlockingIOError:
+                pass
+        if left:
+            try:
+                while left:
+                    n = sock.send(out[:min(CHUNK, left)])
+                    left -= n
+            except BlockingIOError:
+                pass
+            if not left:
+                sock.shutdown(socket.SHUT_WR)
+                t_send = time.monotonic() - t0
+    return got, t_send, t_recv
 
 
 def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "") -> dict:
@@ -141,8 +154,7 @@ def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = 
     conn, peer = ls.accept()
     if cc:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
-    conn.settimeout(timeout)
-    got, t_send, t_recv = _exchange(conn, size)
+    got, t_send, t_recv = _exchange(conn, size, timeout)
     conn.close()
     ls.close()
     return {"received": got, "sent": size, "send_time": t_send, "recv_time": t_recv, "peer": peer[0]}
@@ -155,7 +167,7 @@ def connect(dst: str, port: int, size: int, tcp: bool, bind: str, timeout: float
     s.settimeout(timeout)
     t0 = time.monotonic()
     s.connect((dst, port))
-    got, t_send, t_recv = _exchange(s, size)
+    got, t_send, t_recv = _exchange(s, size, timeout)
     elapsed = time.monotonic() - t0
     s.close()
     return {"received": got, "sent": size, "elapsed": elapsed, "send_time": t_send, "recv_time": t_recv}

@@ -112,6 +112,7 @@ class Host:
         self._cur_len = -1               # from the fast path's metadata (if it gave one)
         self._cur_sum: Optional[int] = None
         self._dirty: set[Connection] = set()
+        self._lingering: dict[tuple, Listener] = {}   # closed listeners whose conns live on
 
     def _out(self, pkt: bytes) -> None:
         self.output(pkt)
@@ -171,6 +172,7 @@ class Host:
             raise OSError(errno.EADDRINUSE, f"already listening on {ip or '*'}:{port}")
         lst = Listener(self, a, port, backlog, on_accept, options)
         self.listeners[key] = lst
+        self._lingering.pop(key, None)
         if self.on_listen is not None:
             self.on_listen(a.version if a else 0, a.packed if a else None, port, True)
         return lst
@@ -179,8 +181,22 @@ class Host:
         key = (lst.ip.packed if lst.ip else None, lst.port)
         if self.listeners.get(key) is lst:
             del self.listeners[key]
-            if self.on_listen is not None:
+            if any(c.listener is lst and not c.closed for c in self.conns.values()):
+                # its connections still take MP_JOIN SYNs on this port (8684 §3.2): keep
+                # the fast path's claim until the last one is gone (SYNs now get a RST)
+                self._lingering[key] = lst
+            elif self.on_listen is not None:
                 self.on_listen(lst.ip.version if lst.ip else 0, key[0], lst.port, False)
+
+    def _linger_done(self, lst: Listener) -> None:
+        key = (lst.ip.packed if lst.ip else None, lst.port)
+        if self._lingering.get(key) is not lst:
+            return
+        if any(c.listener is lst and not c.closed for c in self.conns.values()):
+            return
+        del self._lingering[key]
+        if self.on_listen is not None and key not in self.listeners:
+            self.on_listen(lst.ip.version if lst.ip else 0, key[0], lst.port, False)
 
     def connect(self, remote: tuple[str, int], local: tuple[str, int] | None = None,
                 now: float | None = None, **options: Any) -> Connection:
@@ -270,6 +286,8 @@ class Host:
             return
         if self.conns.get(c.token) is c:
             del self.conns[c.token]
+        if c.listener is not None and self._lingering:
+            self._linger_done(c.listener)
 
     def _accept_ready(self, c: Connection) -> None:
         lst = c.listener

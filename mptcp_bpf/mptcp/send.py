@@ -62,6 +62,9 @@ class SendMixin:
             self._pushing = False
 
     def _push_mptcp(self, now: float) -> None:
+        for s in self.subflows:
+            if s.copies:
+                self._flush_copies(s, now)
         if not self._data_ready:
             return
         sched = self.sched
@@ -83,9 +86,8 @@ class SendMixin:
                 if not sel:
                     return
                 n = min(n, sel[0].mss * self.chunk_segments)
-                for sf in sel:
-                    self._send_chunk(sf, rel, n, now)
-                    sf.reinjected += n
+                if not self._hand_out(sel, rel, n, now, reinjected=True):
+                    return
                 if n >= self._reinject[0][1] - (rel - self._reinject[0][0]):
                     self._reinject.popleft()
                 else:
@@ -103,11 +105,55 @@ class SendMixin:
                 return
             n = min(avail, wnd, sel[0].mss * self.chunk_segments)
             rel = self.snd_nxt
-            for sf in sel:
-                self._send_chunk(sf, rel, n, now)
+            if not self._hand_out(sel, rel, n, now):
+                return
             self.snd_nxt = rel + n
             if self._dtimer is None:
                 self._arm_data_timer(now)
+
+    def _hand_out(self, sel: list, rel: int, n: int, now: float,
+                  reinjected: bool = False) -> bool:
+        """Give [rel, rel + n) to the selected subflows. One subflow: it takes the chunk.
+        Several (redundant scheduling): the ones with window room take it now; a full one
+        keeps only a copy pointer that is sent when room opens and forgotten once the data
+        is data-acked (REFERENCE.md §3 redundant), so a slow path neither holds the send
+        buffer nor queues stale data. False (nothing done) when no subflow has room."""
+        if len(sel) == 1:
+            sf = sel[0]
+            self._send_chunk(sf, rel, n, now)
+            if reinjected:
+                sf.reinjected += n
+            return True
+        ready = [sf for sf in sel if sf.tcp is not None and sf.tcp.can_send()]
+        if not ready:
+            return False
+        for sf in sel:
+            if sf in ready:
+                self._send_chunk(sf, rel, n, now)
+                if reinjected:
+                    sf.reinjected += n
+            else:
+                sf.copies.append((rel, n))
+        return True
+
+    def _flush_copies(self, msf: MpSubflow, now: float) -> None:
+        """Send a subflow's pending redundant copies while it has room; drop acked ones."""
+        q = msf.copies
+        una = self.snd_una
+        usable = msf.established and not msf.pf
+        while q:
+            rel, n = q[0]
+            if rel + n <= una or not usable:
+                q.popleft()
+                self.host.count("redundant_copy_dropped")
+                continue
+            if not msf.tcp.can_send():
+                return
+            q.popleft()
+            if rel < una:
+                n -= una - rel
+                rel = una
+            self._send_chunk(msf, rel, n, now)
 
     def _send_chunk(self, msf: MpSubflow, rel: int, n: int, now: float) -> None:
         off = rel - self.snd_una
@@ -218,6 +264,7 @@ class SendMixin:
             if rel + n > self.snd_una:
                 self._reinject.append((rel, n, {msf.id}))
         msf.tx_chunks.clear()
+        msf.copies.clear()  # another subflow took each of these chunks when it was queued
 
     def _arm_data_timer(self, now: float) -> None:
         if self.closed:

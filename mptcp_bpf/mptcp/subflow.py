@@ -97,6 +97,7 @@ class MpSubflow:
         self.tx_queued = 0                    # bytes queued and not yet acked at subflow level
         self.pending_opts: list[bytes] = []   # signals for the next pure ACK
         self.tx_chunks: collections.deque[tuple[int, int]] = collections.deque()  # (rel dsn, len)
+        self.copies: collections.deque[tuple[int, int]] = collections.deque()  # redundant copies
         self.infinite_tx = False              # we sent an infinite mapping (8684 §3.7)
         self.dss_seen = False                 # the peer sent a DSS on this subflow
         # accounting

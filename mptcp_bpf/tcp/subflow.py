@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from mptcp_bpf.timers import Timer, TimerWheel
 from mptcp_bpf.wire.errors import WireError
-from mptcp_bpf.wire.packet import build_tcp_packet
+from mptcp_bpf.wire.packet import TcpBuilder, build_tcp_packet
 from mptcp_bpf.wire.tcp import TcpOptions, parse_tcp_options
 
 from .common import (ACK, CLOSE_WAIT, CLOSED, CLOSING, ESTABLISHED, FIN, FIN_WAIT1, FIN_WAIT2,
@@ -79,10 +79,12 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self.config = cfg = config or SubflowConfig()
         self.cc = cc or CongestionControl()
         self.build = build_tcp_packet
+        self._tb: TcpBuilder | None = None   # per-4-tuple header template (default build)
         self.tos = cfg.tos
         self._ttl = cfg.ttl
         self.nodelay = True  # there is no Nagle: segments leave as chunks are queued
-        # False: leave the TCP checksum 0 for a fast path that fills it (tc egress, NIC)
+        # False: leave the TCP checksum 0 for a fast path that fills it (tc egress, NIC);
+        # wire.packet.TX_CSUM_PARTIAL: the pseudo-header sum, for AF_XDP/NIC checksum offload
         self.tx_csum = True
         self.rng = rng or random.Random()
         self.state = CLOSED
@@ -827,16 +829,35 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         if length:
             self.last_data_sent = now
         self.segs_out += 1
+        if self.build is build_tcp_packet:
+            tb = self._tb
+            if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
+                tb = self._builder()
+            self.output(tb.build((self.iss + seq) & _M32, (self.irs + rcv_nxt) & _M32, flags,
+                                 field, opts, payload, self.tx_csum))
+            return
         local = self.local
         remote = self.remote
         self.output(self.build(local[0], remote[0], local[1], remote[1], (self.iss + seq) & _M32,
                                (self.irs + rcv_nxt) & _M32, flags, field, opts, payload,
                                self.tos, self._ttl, self.tx_csum))
 
+    def _builder(self) -> TcpBuilder:
+        """The header template of this 4-tuple (remade when tos/ttl change)."""
+        self._tb = tb = TcpBuilder(self.local[0], self.remote[0], self.local[1], self.remote[1],
+                                   self.tos, self._ttl)
+        return tb
+
     def _raw_emit(self, seq32: int, ack32: int, flags: int, window: int, opts: bytes,
                   payload: Any) -> None:
         """A segment outside the window machinery (SYN, SYN/ACK, RST to a bad ACK)."""
         self.segs_out += 1
+        if self.build is build_tcp_packet:
+            tb = self._tb
+            if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
+                tb = self._builder()
+            self.output(tb.build(seq32, ack32, flags, window, opts, payload, self.tx_csum))
+            return
         self.output(self.build(self.local[0], self.remote[0], self.local[1], self.remote[1],
                                seq32, ack32, flags, window, opts, payload, self.tos, self._ttl,
                                self.tx_csum))

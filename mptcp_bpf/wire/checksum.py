@@ -25,8 +25,14 @@ _from_bytes = int.from_bytes
 def csum_partial(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """Folded ones'-complement sum of `data` (odd length: padded with a zero byte)."""
     x = _from_bytes(data, "big")
-    if len(data) & 1:
+    n = len(data)
+    if n & 1:
         x <<= 8
+    if n > 256:
+        # one fold before the modulo: CPython divides by 0xffff digit by digit (slow),
+        # shift/mask/add run at memcpy speed; ~17 % less on 1400 bytes
+        h = (n << 2) + 16 & ~15
+        x = (x >> h) + (x & ((1 << h) - 1))
     if x:
         x %= 0xFFFF
         if x == 0:

@@ -105,7 +105,7 @@ def check_clean(r: dict, size: int) -> None:
 
 @pytest.fixture(scope="module")
 def lab4():
-    with lab_for("mpbsi4", paths=2) as lab:
+    with lab_for("mpbs_i4", paths=2) as lab:
         kernel_mptcp(lab)
         yield lab
 
@@ -134,7 +134,7 @@ def test_kernel_interop_v4(lab4, tmp_path, ours, direction, size):
 @pytest.mark.parametrize("ours_csum", [0, 1])
 @pytest.mark.parametrize("kernel_csum", [0, 1])
 def test_checksum_pairs(tmp_path, ours_csum, kernel_csum):
-    with lab_for(f"mpbsc{ours_csum}{kernel_csum}", paths=2) as lab:
+    with lab_for(f"mpbs_c{ours_csum}{kernel_csum}", paths=2) as lab:
         kernel_mptcp(lab, csum_kernel=bool(kernel_csum))
         set_our_sysctl(lab, "server", checksum=ours_csum)
         for ours, direction in (("server", "from_kernel"), ("server", "to_kernel")):
@@ -143,7 +143,7 @@ def test_checksum_pairs(tmp_path, ours_csum, kernel_csum):
 
 
 def test_ipv6(tmp_path):
-    with lab_for("mpbsi6", paths=2, ipv6=True) as lab:
+    with lab_for("mpbs_i6", paths=2, ipv6=True) as lab:
         kernel_mptcp(lab, ipv6=True)
         for i, (ours, direction) in enumerate((("server", "from_kernel"),
                                                ("client", "to_kernel"))):
@@ -189,7 +189,7 @@ def test_loss_and_path_down(lab4, tmp_path):
 def test_ours_vs_ours(tmp_path, version):
     """Our client (mptcp_version set in its namespace) against our server, which answers
     in the client's version: 1K, 1M and 16M, sha256 equal."""
-    with lab_for(f"mpbso{version}", paths=2) as lab:
+    with lab_for(f"mpbs_o{version}", paths=2) as lab:
         set_our_sysctl(lab, "client", version=version)
         for size in (1024, MiB, 16 * MiB):
             port = next(_ports)
@@ -217,7 +217,7 @@ def test_ours_vs_ours(tmp_path, version):
 def test_v4_start_v6_join(tmp_path):
     """A connection that starts on IPv4 and joins an IPv6 address the kernel announced."""
     import threading
-    with lab_for("mpbsi46", paths=2, ipv6=True) as lab:
+    with lab_for("mpbs_i46", paths=2, ipv6=True) as lab:
         v6 = lab.addresses("server", 6)
         lab.mptcp("server", limits={"subflows": 8, "add_addr_accepted": 8},
                   endpoints=[f"{v6[1]} signal"])
@@ -243,3 +243,90 @@ def test_v4_start_v6_join(tmp_path):
         check_clean(r, 16 * MiB)
         assert r["mib"].get("MPJoinSynRx", 0) >= 1, r["mib"]
         assert any(p.startswith("[") for p in peers), f"no IPv6 subflow seen: {peers}"
+
+
+SCAPY_JOIN = r'''
+import json, sys
+from scapy.all import IP, TCP, conf, sr1
+sys.path.insert(0, sys.argv[5])
+from mptcp_bpf.wire.mptcp import MpJoinAck, MpJoinSyn, emit
+src, dst, port, token = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4], 16)
+conf.verb = 0
+out = {}
+def syn(tok, sport):
+    o = emit(MpJoinSyn(tok, 0x01020304, 7, False))
+    return IP(src=src, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=1000,
+                                      options=[("MSS", 1400), (30, o[2:])])
+r = sr1(syn(token ^ 0x5A5A5A5A, 41001), timeout=5)
+out["unknown_token"] = None if r is None else str(r[TCP].flags)
+r = sr1(syn(token, 41002), timeout=5)
+out["synack"] = None if r is None else str(r[TCP].flags)
+if r is not None and "S" in str(r[TCP].flags):
+    o = emit(MpJoinAck(b"\xee" * 20))
+    a = IP(src=src, dst=dst) / TCP(sport=41002, dport=port, flags="A", seq=1001,
+                                   ack=r[TCP].seq + 1, options=[(30, o[2:])])
+    r2 = sr1(a, timeout=5)
+    out["forged_hmac"] = None if r2 is None else str(r2[TCP].flags)
+print(json.dumps(out))
+'''
+
+
+def test_forged_joins_refused_over_xdp(lab4, tmp_path):
+    """A join with an unknown token and one with a forged HMAC, built with scapy in the
+    client namespace, reach our server through the fast path, get a RST, and leave no
+    subflow behind (8684 §3.2)."""
+    import json
+    from mptcp_bpf.control import ControlClient, socket_path
+    port = next(_ports)
+    src = str(tmp_path / "in")
+    make_file(src, 1024)
+    dst = str(tmp_path / "out")
+    ours = lab4.popen("server", nc_argv("-l", str(port)), stdin=subprocess.PIPE,
+                      stdout=open(dst, "wb"), stderr=subprocess.PIPE)
+    procs = [ours]
+    nft = ["nft", "add", "rule", "inet", "mpbs", "out", "tcp", "dport", str(port),
+           "tcp", "flags", "&", "rst", "!=", "0", "drop"]
+    try:
+        kc = lab4.popen("client", [PY, kpeer_script(str(tmp_path)), "connect", "4",
+                                   lab4.addresses("server")[0], str(port), "send", src, "1"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(kc)
+        ctl = ControlClient(socket_path(os.stat(f"/var/run/netns/{lab4.ns('server')}").st_ino))
+        deadline = time.monotonic() + 60
+        conns = []
+        while time.monotonic() < deadline:
+            try:
+                conns = [c for c in ctl.request("conns") if c.get("state") != "CLOSED"]
+            except Exception:
+                conns = []
+            if conns and conns[0].get("remote_key"):
+                break
+            time.sleep(0.2)
+        assert conns, "no connection at our server"
+        time.sleep(1.0)  # let the kernel's own joins settle
+        before = len(ctl.request("conns")[0]["subflows"])
+        token = conns[0]["token"]
+        for cmd in (["nft", "add", "table", "inet", "mpbs"],
+                    ["nft", "add", "chain", "inet", "mpbs", "out",
+                     "{ type filter hook output priority 0 ; }"], nft):
+            lab4.exec("client", cmd, check=True, timeout=30)
+        r = lab4.exec("client", [PY, "-c", SCAPY_JOIN, lab4.addresses("client")[0],
+                                 lab4.addresses("server")[0], str(port), token,
+                                 os.path.dirname(os.path.dirname(os.path.dirname(
+                                     os.path.abspath(__file__))))],
+                      capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["unknown_token"] and "R" in res["unknown_token"], res
+        assert res["synack"] and "S" in res["synack"] and "A" in res["synack"], res
+        assert res.get("forged_hmac") and "R" in res["forged_hmac"], res
+        time.sleep(0.5)
+        after = len(ctl.request("conns")[0]["subflows"])
+        assert after == before, f"a refused join left a subflow: {before} -> {after}"
+    finally:
+        lab4.exec("client", ["nft", "delete", "table", "inet", "mpbs"], timeout=30)
+        if ours.stdin:
+            ours.stdin.close()
+            ours.stdin = None
+        finish(procs, 60)
+        kill_all(procs)

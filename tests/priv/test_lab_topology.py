@@ -55,6 +55,12 @@ def test_direct_shape_ipv4_ipv6(make_lab):
             before = _rx_packets(lab, "server", f"s{p}")
             assert len(ping_rtts(lab, dst, count=3, interval=0.05)) == 3, (fam, dst)
             assert _rx_packets(lab, "server", f"s{p}") - before >= 3
+    # impairments act on IPv6 too
+    lab.link(1, dir="up", delay=5)
+    rtts = ping_rtts(lab, lab.addresses("server", 6)[0], count=4, interval=0.05)
+    assert len(rtts) == 4 and min(rtts) >= 4.9
+    lab.link(1, dir="up", loss=100)
+    assert ping_rtts(lab, lab.addresses("server", 6)[0], count=2, interval=0.05) == []
 
 
 def test_router_shape_each_source_uses_its_path(make_lab):

@@ -66,7 +66,10 @@ CASES: list[Case] = [
     Case("signal invalid addresses",
          Ns(limits=(3, 3), eps=[ep("10.0.12.1", "signal"), ep(A(1, 3), "signal"),
                                 ep("10.0.14.1", "signal")]),
-         Ns(limits=(3, 3)), pre=pre_add(3), expect=chk_join_nr(1, 1, 1, syn_tx=3) + chk_add_nr(3, 3)),
+         # the kernel drops an ADD_ADDR that arrives while it handles another (AddAddrDrop)
+         # and relies on retransmission: wait until all three were echoed
+         Ns(limits=(3, 3)), pre=[Check(1, "EchoAdd", ">=", 3), Check(2, "EchoAddTx", ">=", 3)],
+         expect=chk_join_nr(1, 1, 1, syn_tx=3) + chk_add_nr(3, 3)),
     # ---------------------------------------------------------- add_addr_timeout_tests
     # the client's echoes are dropped (iptables in the selftest, here between TUN and Host)
     Case("signal address, ADD_ADDR timeout",
@@ -179,16 +182,21 @@ CASES: list[Case] = [
     Case("fastclose server test", fastclose="server",
          expect=chk_join_nr(0, 0, 0) + chk_fclose_nr(1, 1, invert=True) + chk_rst_nr(1, 1)),
     # -------------------------------------------------------------------- fail_tests
-    # the client's first data segment on link 1 (after one) gets a payload byte inverted
+    # one data segment of the client gets a payload byte inverted; the 9th (not the 2nd as
+    # in the selftest) so that a valid checksum was seen first: the kernel then answers
+    # with MP_FAIL instead of falling back silently (subflow->valid_csum_seen)
     Case("Infinite map", Ns(checksum=True), Ns(checksum=True), size=64 << 10, corrupt=True,
-         tamper=lambda lab: corrupt_nth_data(lab.tamper_out if lab.kside == 1 else lab.tamper_in, 1, 1),
+         tamper=lambda lab: corrupt_nth_data(lab.tamper_out if lab.kside == 1 else lab.tamper_in, 1, 8),
          want_fallback=True,
          expect=chk_join_nr(0, 0, 0, fb_ns1={"DssFallback": 1}, fb_ns2={"InfiniteMapTx": 1})
          + chk_csum_nr(1, 0, ns1_more=True) + chk_fail_nr(1, 1, rx_may_be_lost=True)
          + chk_rst_nr(0, 0) + chk_infi_nr(1, 1) + chk_fail_nr(1, 1, invert=True, rx_may_be_lost=True)),
+    # no netem to push the traffic onto link 2: the first client segment sent once the
+    # join is up is corrupted, on whichever link (the subflow it hits is reset)
     Case("MP_FAIL MP_RST", Ns(limits=(0, 1), checksum=True),
          Ns(limits=(0, 1), checksum=True, eps=[ep(A(2, 2))]), size=256 << 10, pre=pre_join(1),
-         tamper=lambda lab: corrupt_nth_data(lab.tamper_out if lab.kside == 1 else lab.tamper_in, 2, 0),
+         tamper=lambda lab: corrupt_nth_data(lab.tamper_out if lab.kside == 1 else lab.tamper_in,
+                                             None, 0, armed=lambda: lab.armed),
          expect=chk_join_nr(1, 1, 1) + chk_csum_nr(1, 0) + chk_fail_nr(1, 1) + chk_rst_nr(1, 1)
          + chk_infi_nr(0, 0)),
     # ----------------------------------------- fallback (mptcp_connect.sh: stripped options)
@@ -206,7 +214,10 @@ CASES: list[Case] = [
 def _params():
     for c in CASES:
         for role in c.roles:
-            yield pytest.param(role, c, id=f"{c.name}-{role}")
+            marks = []
+            if role in c.xfail:
+                marks.append(pytest.mark.xfail(reason=c.xfail[role], strict=False))
+            yield pytest.param(role, c, id=f"{c.name}-{role}", marks=marks)
 
 
 @pytest.mark.parametrize("role,case", list(_params()))

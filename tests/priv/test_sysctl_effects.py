@@ -19,7 +19,7 @@ pytestmark = pytest.mark.priv
 
 @pytest.fixture(scope="module")
 def lab():
-    with lab_for("mpbss", paths=2) as lab:
+    with lab_for("mpbs_sys", paths=2) as lab:
         for node, flag in (("server", "signal"), ("client", "subflow")):
             lab.mptcp(node, limits={"subflows": 8, "add_addr_accepted": 8},
                       endpoints=[f"{a} {flag}" for a in lab.addresses(node)[1:]])

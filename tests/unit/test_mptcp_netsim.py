@@ -607,3 +607,56 @@ def test_fallback_when_a_middlebox_strips_options_after_the_handshake():
     got_s, got_c = p.transfer(data, b"reply")
     assert got_s == data and got_c == b"reply"
     assert c.fallback and s.fallback
+
+
+# ------------------------------------------------------------------ redundant scheduling
+
+def _two_rates(sched: str, pm: str, size: int) -> tuple[float, object, list[int]]:
+    """Client -> server over path 1 (20 Mbit/s) and path 2 (2 Mbit/s, 10x slower); returns
+    (virtual seconds for the transfer, client connection, samples of the slow subflow's
+    unsent bytes)."""
+    net = Net(seed=5)
+    cfg = dict(path_manager=pm, scheduler=sched, tcp={"time_wait": 0.2})
+    a = Host(HostConfig(**cfg), net.timers, net.send, random.Random(5))
+    b = Host(HostConfig(**cfg), net.timers, net.send, random.Random(6))
+    for h, addrs in ((a, ["10.0.1.1", "10.0.2.1"]), (b, ["10.0.1.2", "10.0.2.2"])):
+        for x in addrs:
+            h.add_address(x)
+            net.attach(ip(x), lambda pkt, now, h=h: h.input(pkt, now))
+    net.link(ip("10.0.1.1"), ip("10.0.1.2"), delay=0.01, rate=20e6)
+    net.link(ip("10.0.2.1"), ip("10.0.2.2"), delay=0.01, rate=2e6)
+    lst = b.listen(None, 80)
+    c = a.connect(("10.0.1.2", 80), ("10.0.1.1", 0), now=net.now)
+    assert net.run_until(lambda: bool(lst.queue), 10)
+    s = lst.accept()
+    if pm == "fullmesh":
+        assert net.run_until(lambda: sum(1 for x in c.subflows if x.established) >= 2, 10)
+    data = random.Random(7).randbytes(size)
+    t0, sent, got, unsent = net.now, 0, bytearray(), []
+    while net.now < t0 + 60 and len(got) < size:
+        if sent < size:
+            sent += c.send(data[sent:sent + 65536], net.now)
+        try:
+            while chunk := s.recv(1 << 20, net.now):
+                got += chunk
+        except BlockingIOError:
+            pass
+        unsent += [x.unsent for x in c.subflows if x.established and str(x.local_addr) == "10.0.2.1"]
+        net.run(net.now + 0.01)
+    assert bytes(got) == data, (len(got), c.info())
+    return net.now - t0, c, unsent
+
+
+def test_redundant_slow_path_does_not_hold_the_transfer():
+    """8684 leaves scheduling open; REFERENCE.md §3: a redundant copy is forgotten once the
+    data is acknowledged at connection level, so a 10x slower path neither slows the
+    transfer nor piles up stale data in its queue."""
+    size = 3_000_000
+    single, _, _ = _two_rates("default", "default", size)
+    red, c, unsent = _two_rates("redundant", "fullmesh", size)
+    assert red <= single * 1.3 + 0.2, (red, single)
+    slow = [x for x in c.subflows if str(x.local_addr) == "10.0.2.1" and x.bytes_sent]
+    assert slow, c.info()
+    assert 0 < slow[0].bytes_sent < size // 2          # it sent copies, but not everything
+    assert max(unsent) <= 256 << 10, max(unsent)       # no pile of queued copies
+    assert c.host.stats["redundant_copy_dropped"] > 0
