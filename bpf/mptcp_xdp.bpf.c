@@ -1,4 +1,4 @@
-/* mptcp-bpf ingress fast path (XDP), compiled by bcc at load time.
+/* mptcp-bpf ingress fast path (XDP): clang -target bpf, loaded with libbpf (loader.py).
  *
  * Parses Ethernet (one VLAN tag), IPv4 (options) / IPv6 (extension headers), TCP and its
  * options; counts MPTCP subtypes; looks the 4-tuple up in `subflows` (and a SYN's
@@ -7,9 +7,10 @@
  * struct mpb_meta in front of the frame and are redirected to the AF_XDP socket of their
  * device and queue.  Everything else: XDP_PASS, untouched.
  *
- * The loader replaces @SYSCTL_PIN@ with the pinned `sysctl` map of the namespace.
+ * The object is the same for every namespace: before loading, the loader points `sysctl`
+ * at the namespace's pinned map (bpf_map__reuse_fd), so one compiled object serves all.
  */
-#include <uapi/linux/bpf.h>
+#include "mpb_bpf.h"
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
@@ -29,13 +30,49 @@
 #define MAX_L4_OFF 512
 #define TCPOPT_MPTCP 30
 
-BPF_HASH(subflows, struct mpb_subflow_key, struct mpb_subflow_val, MPB_MAX_SUBFLOWS);
-BPF_HASH(listeners, struct mpb_listener_key, struct mpb_listener_val, MPB_MAX_LISTENERS);
-BPF_XSKMAP(xsks, MPB_XSKS_SIZE);
-BPF_HASH(devices, u32, u32, MPB_MAX_DEVICES);
-BPF_PERCPU_ARRAY(counters, struct mpb_counters, 1);
-BPF_PERCPU_HASH(subflow_stats, u32, struct mpb_subflow_stats, MPB_MAX_SUBFLOWS);
-BPF_TABLE_PINNED("array", u32, u32, sysctl, MPB_SYSCTL_MAX, "@SYSCTL_PIN@");
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MPB_MAX_SUBFLOWS);
+	__type(key, struct mpb_subflow_key);
+	__type(value, struct mpb_subflow_val);
+} subflows SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MPB_MAX_LISTENERS);
+	__type(key, struct mpb_listener_key);
+	__type(value, struct mpb_listener_val);
+} listeners SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MPB_XSKS_SIZE);
+	__type(key, u32);
+	__type(value, u32);
+} xsks SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MPB_MAX_DEVICES);
+	__type(key, u32);
+	__type(value, u32);
+} devices SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct mpb_counters);
+} counters SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MPB_MAX_SUBFLOWS);
+	__type(key, u32);
+	__type(value, struct mpb_subflow_stats);
+} subflow_stats SEC(".maps");
+/* Replaced by the namespace's pinned `sysctl` before loading (shared with the CLI). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MPB_SYSCTL_MAX);
+	__type(key, u32);
+	__type(value, u32);
+} sysctl SEC(".maps");
 
 /* Per-CPU scratch.  Values that differ between parse paths (header offsets, the option
  * loop's cursor and findings) go through it: a value loaded from a map is unknown to the
@@ -51,12 +88,14 @@ struct mpb_scratch {
 	u32 dss_len;
 	u32 unknown;
 };
-BPF_PERCPU_ARRAY(scratch, struct mpb_scratch, 1);
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct mpb_scratch);
+} scratch SEC(".maps");
 /* A volatile load: the compiler may not reuse the value it stored. */
 #define SC(f) (*(volatile u32 *)&sc->f)
-
-static long (*xdp_load_bytes)(struct xdp_md *ctx, u32 offset, void *buf, u32 len) =
-	(void *)BPF_FUNC_xdp_load_bytes;
 
 static __always_inline u32 fold32(u64 s)
 {
@@ -81,7 +120,7 @@ static __always_inline int payload_sum(struct xdp_md *ctx, u32 off, u32 len)
 	for (int i = 0; i < MPB_MAX_PAYLOAD / 256; i++) {
 		if (len < 256)
 			break;
-		if (xdp_load_bytes(ctx, off, buf, 256))
+		if (bpf_xdp_load_bytes(ctx, off, buf, 256))
 			return -1;
 		s = fold32(s + (u32)bpf_csum_diff(0, 0, (void *)buf, 256, 0));
 		off += 256;
@@ -92,7 +131,7 @@ static __always_inline int payload_sum(struct xdp_md *ctx, u32 off, u32 len)
 	len &= 255;
 	if (len) {
 		__builtin_memset(buf, 0, sizeof(buf));
-		if (xdp_load_bytes(ctx, off, buf, len))
+		if (bpf_xdp_load_bytes(ctx, off, buf, len))
 			return -1;
 		u32 n = (len + 3) & 0x1fc;   /* zero padding: an odd last byte is a high byte */
 		if (n > 256)
@@ -111,13 +150,14 @@ static __always_inline void owned_count(struct mpb_counters *c, u16 mask)
 			c->v[MPB_C_OWNED_SUBTYPE_BASE + i]++;
 }
 
+SEC("xdp")
 int xdp_main(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	u32 zero = 0;
-	struct mpb_counters *c = counters.lookup(&zero);
-	struct mpb_scratch *sc = scratch.lookup(&zero);
+	struct mpb_counters *c = bpf_map_lookup_elem(&counters, &zero);
+	struct mpb_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
 
 	if (!c || !sc)
 		return XDP_PASS;
@@ -298,7 +338,7 @@ int xdp_main(struct xdp_md *ctx)
 
 	/* Owned? The 4-tuple, else a SYN to a listener (exact address, then any). */
 	u32 sf_id = 0, token = 0, vflags = 0;
-	struct mpb_subflow_val *sv = subflows.lookup(&key);
+	struct mpb_subflow_val *sv = bpf_map_lookup_elem(&subflows, &key);
 	if (sv) {
 		sf_id = sv->subflow_id;
 		token = sv->token;
@@ -309,10 +349,10 @@ int xdp_main(struct xdp_md *ctx)
 		lk.family = key.family;
 		lk.port = key.dport;
 		__builtin_memcpy(lk.addr, key.daddr, 16);
-		struct mpb_listener_val *lv = listeners.lookup(&lk);
+		struct mpb_listener_val *lv = bpf_map_lookup_elem(&listeners, &lk);
 		if (!lv) {
 			__builtin_memset(lk.addr, 0, 16);
-			lv = listeners.lookup(&lk);
+			lv = bpf_map_lookup_elem(&listeners, &lk);
 		}
 		if (!lv) {
 			c->v[MPB_C_NOT_OWNED]++;
@@ -348,7 +388,7 @@ int xdp_main(struct xdp_md *ctx)
 	if (dss_off && dss_len >= 4 && dss_len <= 28) {
 		u8 d[32];
 		__builtin_memset(d, 0, sizeof(d));
-		if (xdp_load_bytes(ctx, dss_off, d, dss_len))
+		if (bpf_xdp_load_bytes(ctx, dss_off, d, dss_len))
 			goto meta;
 		u8 f = d[3];
 		u32 ackl = (f & 0x01) ? ((f & 0x02) ? 8 : 4) : 0;
@@ -391,19 +431,22 @@ int xdp_main(struct xdp_md *ctx)
 	}
 meta:
 	if (sf_id) {
-		struct mpb_subflow_stats *st = subflow_stats.lookup(&sf_id);
+		struct mpb_subflow_stats *st = bpf_map_lookup_elem(&subflow_stats, &sf_id);
 		if (st) {
 			st->packets++;
 			st->bytes += plen;
 		} else {
 			struct mpb_subflow_stats ns = {1, plen};
-			subflow_stats.update(&sf_id, &ns);
+			bpf_map_update_elem(&subflow_stats, &sf_id, &ns, BPF_NOEXIST);
 		}
 	}
 	u32 dbg_key = MPB_SYS_DEBUG;
-	u32 *dbg = sysctl.lookup(&dbg_key);
+	u32 *dbg = bpf_map_lookup_elem(&sysctl, &dbg_key);
 	if (dbg && *dbg >= 2)
-		bpf_trace_printk("mpb: sf=%u subtypes=%x len=%u\n", sf_id, mask, plen);
+	{
+		static const char fmt[] = "mpb: sf=%u subtypes=%x len=%u\n";
+		bpf_trace_printk(fmt, sizeof(fmt), sf_id, mask, plen);
+	}
 
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mpb_meta))) {
 		c->v[MPB_C_META_FAIL]++;
@@ -428,11 +471,11 @@ meta:
 	}
 
 	u32 ifindex = ctx->ingress_ifindex;
-	u32 *slot = devices.lookup(&ifindex);
+	u32 *slot = bpf_map_lookup_elem(&devices, &ifindex);
 	u32 q = ctx->rx_queue_index;
 	if (slot && *slot < MPB_MAX_DEVICES && q < MPB_MAX_QUEUES) {
 		u32 xk = *slot * MPB_MAX_QUEUES + q;
-		int r = xsks.redirect_map(xk, 0);
+		int r = bpf_redirect_map(&xsks, xk, 0);
 		if (r == XDP_REDIRECT) {
 			c->v[MPB_C_REDIRECTED]++;
 			return r;
@@ -441,3 +484,5 @@ meta:
 	c->v[MPB_C_NO_XSK]++;
 	return (vflags & MPB_VF_PASS_NO_XSK) ? XDP_PASS : XDP_DROP;
 }
+
+char _license[] SEC("license") = "GPL";   /* bpf_trace_printk is GPL-only */

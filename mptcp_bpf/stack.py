@@ -286,6 +286,7 @@ class Stack:
         self._src_cache: dict[str, str] = {}
         self._fp_ids: dict[tuple, int] = {}
         self._fp_next = 0
+        self._deferred_unlisten: set[tuple] = set()
         self.counters: dict[str, int] = {"rx_packets": 0, "tx_packets": 0, "rx_batches": 0,
                                          "loop_iterations": 0, "input_errors": 0}
         self.capture = None
@@ -480,6 +481,10 @@ class Stack:
                 self.reservations.release(family, lport)
         fp = self.fastpath
         self._fp_ids.pop((lip, lport, rip, rport), None)
+        for entry in [d for d in self._deferred_unlisten if d[2] == lport]:
+            if not any(k[1] == lport for k in self._fp_ids):
+                self._deferred_unlisten.discard(entry)
+                self._on_listen(entry[0], entry[1], entry[2], False)
         if fp is not None:
             try:
                 fp.remove_subflow(family, lip, lport, rip, rport)
@@ -487,10 +492,17 @@ class Stack:
                 log.debug("fast path: cannot remove subflow: %s", exc)
 
     def _on_listen(self, family: int, ip: Any, port: int, add: bool = True, *rest: Any) -> None:
-        """Own SYNs to a listener; family 0 (wildcard address) means both families."""
+        """Own SYNs to a listener; family 0 (wildcard address) means both families.
+        A closed listener keeps its entry while connections on its port live: their
+        MP_JOIN SYNs come to the same port and must still reach us (8684 §3.2)."""
         fp = self.fastpath
         if fp is None:
             return
+        if not add and any(k[1] == port for k in self._fp_ids):
+            self._deferred_unlisten.add((family, ip, port))
+            return
+        if add:
+            self._deferred_unlisten.discard((family, ip, port))
         for fam in ((4, 6) if not family else (family,)):
             try:
                 if add:

@@ -160,7 +160,8 @@ class TcpApp:
 
 # ------------------------------------------------------------------ runs
 
-def full_run(proto: str, total: int, csum: bool, record: bool) -> tuple[dict, dict]:
+def full_run(proto: str, total: int, csum: bool, record: bool,
+             batch: int = 1) -> tuple[dict, dict]:
     """Both ends over netsim; returns (result, recording {'a': [(t, pkt)], 'b': [...]})."""
     net = Net(seed=1)
     net.link(A, B, delay=0.0005, rate=None)
@@ -174,6 +175,17 @@ def full_run(proto: str, total: int, csum: bool, record: bool) -> tuple[dict, di
             def handler(pkt: bytes, now: float, h=h, lst=lst) -> None:
                 lst.append((now, pkt))
                 _input(h, pkt, now)
+        elif batch > 1 and hasattr(h, "input_batch"):
+            def handler(pkt: bytes, now: float, h=h, buf: list = []) -> None:
+                # packets arriving at one instant go in as one batch (after the others
+                # due now: call_at queues behind them)
+                buf.append(pkt)
+                if len(buf) == 1:
+                    def flush(t: float, h=h, buf=buf) -> None:
+                        pkts = buf[:]
+                        buf.clear()
+                        h.input_batch(pkts, t)
+                    net.call_at(now, flush)
         else:
             def handler(pkt: bytes, now: float, h=h) -> None:
                 _input(h, pkt, now)
@@ -191,14 +203,26 @@ def full_run(proto: str, total: int, csum: bool, record: bool) -> tuple[dict, di
     if not ok:
         raise SystemExit(f"transfer did not finish: got {app.got} of {total}")
     segs = sum(1 for _, p in rec["b"]) if record else None
-    return {"cpu": cpu, "wall": wall, "virtual": net.now, "bytes": total, "segs": segs}, rec
+    return {"cpu": cpu, "wall": wall, "virtual": net.now, "bytes": total, "segs": segs,
+            "packets": sum(p.sent for p in net._pipes.values())}, rec
 
 
 def _input(h: Any, pkt: Any, now: float) -> None:
     h.input(pkt, now)
 
 
-def replay(proto: str, total: int, csum: bool, side: str, rec: dict) -> dict:
+def _batched(feed: list, n: int) -> list:
+    """Group packets that arrived at the same instant (at most n): a receive batch."""
+    out: list = []
+    for t, pkt in feed:
+        if out and out[-1][0] == t and len(out[-1][1]) < n:
+            out[-1][1].append(pkt)
+        else:
+            out.append((t, [pkt]))
+    return out
+
+
+def replay(proto: str, total: int, csum: bool, side: str, rec: dict, batch: int = 1) -> dict:
     """Feed one side the packets it got in the recorded run, at the recorded times."""
     timers = TimerWheel()
     sink = _Sink()
@@ -213,6 +237,10 @@ def replay(proto: str, total: int, csum: bool, side: str, rec: dict) -> dict:
     run_due = timers.run_due
     inp = h.input
     pump = app.pump
+    n_in = len(feed)
+    if batch > 1 and hasattr(h, "input_batch"):
+        feed = _batched(feed, batch)
+        inp = h.input_batch
     for t, pkt in feed:
         while True:
             d = nxt()
@@ -228,16 +256,19 @@ def replay(proto: str, total: int, csum: bool, side: str, rec: dict) -> dict:
         pump()
     cpu = time.process_time() - c0
     ok = app.done()
-    return {"cpu": cpu, "bytes": total, "segs": len(feed) if side == "receiver" else sink.n,
-            "ok": ok, "out": sink.n, "in": len(feed)}
+    return {"cpu": cpu, "bytes": total, "segs": sink.n,
+            "ok": ok, "out": sink.n, "in": n_in}
 
 
 def report(name: str, r: dict, data_segs: int) -> None:
     cpu = r["cpu"]
     mbps = r["bytes"] * 8 / cpu / 1e6 if cpu else float("inf")
-    print(f"{name:10s} {r['bytes'] / 1e6:7.1f} MB  cpu {cpu:6.2f} s  goodput/cpu-s {mbps:7.1f} Mbit/s"
+    print(f"{name:10s} {r['bytes'] / 1e6:7.1f} MB  cpu {cpu:6.2f} s  "
+          f"goodput/cpu-s {mbps:7.1f} Mbit/s"
           f"  {data_segs / cpu:9.0f} data segs/s  {cpu / data_segs * 1e6:6.1f} us/data seg"
-          + (f"  (replay ok={r['ok']})" if "ok" in r else ""))
+          + (f"  (replay ok={r['ok']}, {r['in']} in, {r['out']} out)" if "ok" in r else "")
+          + (f"  ({r['packets']} packets, {r['virtual']:.2f} s virtual)"
+             if "packets" in r else ""))
 
 
 def _no_tx_csum() -> None:
@@ -253,7 +284,8 @@ def _no_tx_csum() -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["mptcp", "tcp", "sender", "receiver", "all"])
     ap.add_argument("--proto", choices=["mptcp", "tcp"], default="mptcp",
                     help="stack of the sender/receiver replays")
@@ -261,6 +293,9 @@ def main() -> int:
     ap.add_argument("--csum", action="store_true", help="MPTCP DSS checksums on")
     ap.add_argument("--repeat", type=int, default=1, help="repeat and print each run")
     ap.add_argument("--profile", action="store_true", help="cProfile top-20 (tottime)")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="plain TCP (full run and receiver replay): packets that arrive "
+                         "together go in as one batch (PlainHost.input_batch: one ACK per batch)")
     ap.add_argument("--no-tx-csum", action="store_true",
                     help="subflows leave the TCP checksum to the datapath (sf.tx_csum = False)")
     a = ap.parse_args()
@@ -279,9 +314,9 @@ def main() -> int:
             if prof:
                 prof.enable()
             if need_rec:
-                r = replay(proto, total, a.csum, mode, rec)
+                r = replay(proto, total, a.csum, mode, rec, a.batch)
             else:
-                r, _ = full_run(proto, total, a.csum, record=False)
+                r, _ = full_run(proto, total, a.csum, record=False, batch=a.batch)
             if prof:
                 prof.disable()
             label = mode if mode in ("tcp", "mptcp") else f"{mode}/{proto}"

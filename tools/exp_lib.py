@@ -471,6 +471,30 @@ def fast_path(lab: Any, nodes: list[str]):  # type: ignore[no-untyped-def]
                 print(f"fast path unload: {exc}", file=sys.stderr)
 
 
+def cleanup_lab(name: str) -> list[str]:
+    """Remove lab `name` and any fast-path pins left in its namespaces (after a killed run).
+    Returns what was found left over afterwards (empty = clean)."""
+    from mptcp_bpf.datapath import pins
+    from mptcp_bpf.lab import Lab
+    from mptcp_bpf.lab.testing import leftovers
+    lab = Lab.find(name)
+    if lab is not None:
+        for node in lab.nodes():
+            try:
+                path = pins.pin_dir(lab.ns(node))
+            except Exception:
+                continue
+            if os.path.isdir(path):
+                try:
+                    from mptcp_bpf.datapath.loader import FastPath
+                    fp = FastPath.open_pinned(lab.ns(node))
+                    fp.unload([d for d in lab.devices(node)], force=True)
+                except Exception:
+                    pins.remove_dir(path)
+    Lab.remove(name)
+    return leftovers(name)
+
+
 def compact(perf: dict[str, Any]) -> list[dict[str, Any]]:
     """A perf -J run's intervals without the per-interval address strings."""
     out = []

@@ -1,4 +1,5 @@
-"""Thin ctypes bindings to libbpf.so.1: maps, pins, object info, BPF_PROG_TEST_RUN.
+"""Thin ctypes bindings to libbpf.so.1: maps, pins, object info, BPF_PROG_TEST_RUN,
+loading a compiled BPF object (bpf_object__*) and attaching XDP.
 
 Used by everything that works on pinned objects without compiling (the CLI, a second
 process of the stack, tests), so they start in milliseconds instead of bcc's seconds.
@@ -59,6 +60,16 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_map_get_fd_by_id": (c_int, [c_uint]),
         "bpf_prog_test_run_opts": (c_int, [c_int, vp]),
         "libbpf_num_possible_cpus": (c_int, []),
+        "bpf_object__open_mem": (vp, [vp, ctypes.c_size_t, vp]),
+        "bpf_object__find_map_by_name": (vp, [vp, cp]),
+        "bpf_object__find_program_by_name": (vp, [vp, cp]),
+        "bpf_object__load": (c_int, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_map__reuse_fd": (c_int, [vp, c_int]),
+        "bpf_map__fd": (c_int, [vp]),
+        "bpf_program__fd": (c_int, [vp]),
+        "bpf_xdp_attach": (c_int, [c_int, c_int, c_uint, vp]),
+        "bpf_xdp_detach": (c_int, [c_int, c_uint, vp]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(l, name)
@@ -71,6 +82,65 @@ def _check(ret: int) -> int:
         err = -ret if ret < -1 else (ctypes.get_errno() or errno.EIO)
         raise OSError(err, os.strerror(err))
     return ret
+
+
+def _check_ptr(ptr: int | None, what: str) -> int:
+    if not ptr:
+        err = ctypes.get_errno() or errno.EINVAL
+        raise OSError(err, f"{os.strerror(err)}: {what}")
+    return ptr
+
+
+class BpfObject:
+    """A compiled BPF object (ELF bytes) opened and loaded by libbpf.
+
+    Maps named in `reuse` are not created: the given fds (pinned maps shared with other
+    programs or processes) take their place. Fds from map_fd/prog_fd belong to the object:
+    pin or dup them before close()."""
+
+    def __init__(self, elf: bytes, reuse: dict[str, int] | None = None) -> None:
+        l = lib()
+        self._buf = ctypes.create_string_buffer(elf, len(elf))  # libbpf copies it; keep anyway
+        self._obj = _check_ptr(l.bpf_object__open_mem(self._buf, len(elf), None),
+                               "bpf_object__open_mem")
+        try:
+            for name, fd in (reuse or {}).items():
+                _check(l.bpf_map__reuse_fd(self._map(name), fd))
+            _check(l.bpf_object__load(self._obj))
+        except BaseException:
+            self.close()
+            raise
+
+    def _map(self, name: str) -> int:
+        return _check_ptr(lib().bpf_object__find_map_by_name(self._obj, name.encode()),
+                          f"no map {name!r} in the object")
+
+    def map_fd(self, name: str) -> int:
+        return _check(lib().bpf_map__fd(self._map(name)))
+
+    def prog_fd(self, name: str) -> int:
+        prog = _check_ptr(lib().bpf_object__find_program_by_name(self._obj, name.encode()),
+                          f"no program {name!r} in the object")
+        return _check(lib().bpf_program__fd(prog))
+
+    def close(self) -> None:
+        if self._obj:
+            lib().bpf_object__close(self._obj)
+            self._obj = 0
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def xdp_attach(ifindex: int, prog_fd: int, flags: int) -> int:
+    """Attach (prog_fd >= 0) or detach (-1) XDP on a device: 0 or -errno."""
+    l = lib()
+    if prog_fd < 0:
+        return l.bpf_xdp_detach(ifindex, flags, None)
+    return l.bpf_xdp_attach(ifindex, prog_fd, flags, None)
 
 
 def possible_cpus() -> int:

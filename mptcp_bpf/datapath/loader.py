@@ -1,6 +1,6 @@
 """Load, attach, pin and drive the XDP fast path (bpf/mptcp_xdp.bpf.c).
 
-    fp = FastPath.load(["veth0"])            # compile (bcc, once per process), pin, attach
+    fp = FastPath.load(["veth0"])            # load the cached object, pin, attach
     fp.add_listener(socket.AF_INET, None, 80)
     fp.add_subflow(socket.AF_INET, b"\\x0a\\0\\0\\1", 80, b"\\x0a\\0\\0\\2", 40000,
                    subflow_id=1, token=0xdeadbeef)
@@ -10,8 +10,10 @@
     fp.unload(["veth0"])
 
 Pins live in /run/mptcp-bpf/<netns inode>/ (see pins.py) so that `FastPath.open_pinned()`
-works from any process of the namespace, including under `ip netns exec`. Once pinned,
-everything goes through libbpf (bpfsys), never bcc, so only the first load compiles.
+works from any process of the namespace, including under `ip netns exec`. The program is
+compiled once per machine by clang (build.py: cached by content under /run/mptcp-bpf-cache)
+and loaded with libbpf; its `sysctl` map is the namespace's pinned one, so the object does
+not depend on the namespace. Loading it costs the verifier's time only (~0.2 s).
 
 Owned segments arrive on the XSK with a struct mpb_meta in front (structs.Meta.parse).
 Ownership: a subflow's 4-tuple, or a SYN (without ACK) to a listener. Add the subflow's
@@ -23,10 +25,8 @@ unless the entry was added with pass_no_xsk=True (then they go to the kernel).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import platform
 import socket
 import struct
 import tempfile
@@ -34,7 +34,7 @@ import warnings
 from typing import Iterable
 
 from mptcp_bpf.errors import HintedError
-from mptcp_bpf.datapath import bpfsys, pins
+from mptcp_bpf.datapath import bpfsys, build, pins
 from mptcp_bpf.datapath import structs as S
 
 log = logging.getLogger(__name__)
@@ -47,26 +47,15 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 
-_compiled: dict[str, object] = {}   # pin dir -> bcc.BPF kept alive for this process
-
-
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise HintedError("loading the fast path needs root (BPF, XDP, bpffs)",
                           "run it with sudo, or as root")
 
 
-def _check_headers() -> None:
-    build = f"/lib/modules/{platform.release()}/build"
-    if not os.path.exists(build):
-        raise HintedError(f"kernel headers missing: {build} does not exist (bcc needs them)",
-                          "run ./tools/bootstrap, or install linux-headers-amd64 and link "
-                          f"/usr/src/linux-headers-*-amd64 to {build}")
-
-
 @contextlib.contextmanager
 def _capture_stderr() -> "contextlib.AbstractContextManager[list[str]]":
-    """Collect what libbcc/the verifier print on fd 2 (the verifier log)."""
+    """Collect what libbpf prints on fd 2 (warnings, the verifier log on failure)."""
     out: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
@@ -80,40 +69,34 @@ def _capture_stderr() -> "contextlib.AbstractContextManager[list[str]]":
             out.append(tmp.read().decode(errors="replace"))
 
 
-def compile_program(pin_path: str, source: str | None = None) -> tuple[object, int]:
-    """Compile with bcc and load the program (maps created, `sysctl` opened from its pin).
-
-    Returns (bcc.BPF, prog fd). HintedError with the verifier's log on rejection."""
-    _check_headers()
+def load_object(path: str, source: str | None = None) -> bpfsys.BpfObject:
+    """Load the compiled fast path (build.object_for: cached per machine) with libbpf,
+    its `sysctl` map replaced by the pinned one of `path`. HintedError with the
+    verifier's log on rejection."""
+    elf_path = build.object_for(source or XDP_SOURCE)
+    with open(elf_path, "rb") as f:
+        elf = f.read()
+    sysctl_fd = bpfsys.obj_get(os.path.join(path, "sysctl"))
     try:
-        from bcc import BPF  # noqa: PLC0415 - slow import, only when compiling
-    except ImportError:
-        raise HintedError("python3-bpfcc (bcc) is not importable",
-                          "run ./tools/bootstrap, or apt-get install python3-bpfcc") from None
-    with open(source or XDP_SOURCE) as f:
-        text = f.read()
-    text = text.replace("@SYSCTL_PIN@", os.path.join(pin_path, "sysctl"))
-    with _capture_stderr() as err:
-        try:
-            b = BPF(text=text, cflags=[f"-I{BPF_DIR}", "-Wno-unused-value",
-                                       "-Wno-compare-distinct-pointer-types",
-                                       "-Wno-gnu-variable-sized-type-not-at-end"])
-            fn = b.load_func("xdp_main", BPF.XDP)
-        except Exception as exc:  # bcc raises bare Exception
-            failure: Exception | None = exc
-        else:
-            failure = None
+        with _capture_stderr() as err:
+            try:
+                obj = bpfsys.BpfObject(elf, reuse={"sysctl": sysctl_fd})
+            except OSError as exc:
+                failure: OSError | None = exc
+            else:
+                failure = None
+    finally:
+        os.close(sysctl_fd)
     if failure is not None:
         logtext = (err[0] if err else "").strip()
         tail = "\n".join(logtext.splitlines()[-80:])
-        raise HintedError(f"the fast path failed to compile or load: {failure}\n{tail}",
+        raise HintedError(f"the fast path failed to load: {failure}\n{tail}",
                           "the verifier's log is above; check bpf/mptcp_xdp.bpf.c")
-    return b, fn.fd
+    return obj
 
 
 def _attach(ifname: str, fd: int, flags: int) -> int:
-    from bcc import libbcc  # noqa: PLC0415
-    return libbcc.lib.bpf_attach_xdp(ifname.encode(), fd, flags)
+    return bpfsys.xdp_attach(_ifindex(ifname), fd, flags)
 
 
 def _xdp_state(ifindex: int) -> tuple[int, int]:
@@ -149,14 +132,13 @@ class FastPath:
         self.maps: dict[str, bpfsys.Map] = {}
         for name in pins.MAP_NAMES:
             self.maps[name] = bpfsys.Map.pinned(os.path.join(path, name))
-        self._bpf: object | None = None
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
     def load(cls, devices: Iterable[str] = (), netns: str | None = None,
              pin_dir: str | None = None, generic: bool = False) -> "FastPath":
-        """Pin the fast path of the namespace (compiling once per process) and attach it
+        """Pin the fast path of the namespace (compiled once per machine) and attach it
         to `devices` (native XDP; generic with a warning if the driver refuses, or always
         with generic=True). Loading again, or on an attached device, is harmless."""
         _require_root()
@@ -164,36 +146,33 @@ class FastPath:
         with pins.in_netns(netns):
             path = pin_dir or pins.pin_dir(None)
             cookie = pins.netns_cookie()
-            for dev in devices:       # a typo must not cost a compile
+            for dev in devices:       # a typo must not cost a load
                 _ifindex(dev)
             pins.ensure_dir(path)
             with pins.locked(path):
                 if pins.drop_if_stale(path, cookie):   # a deleted namespace's leftovers
                     pins.ensure_dir(path)
-                bpf = cls._ensure_pinned(path, cookie)
+                cls._ensure_pinned(path, cookie)
                 fp = cls(path, netns)
-                fp._bpf = bpf
                 for dev in devices:
                     fp._attach_device(dev, generic)
         return fp
 
     @classmethod
-    def _ensure_pinned(cls, path: str, cookie: int | None = None) -> object | None:
+    def _ensure_pinned(cls, path: str, cookie: int | None = None) -> None:
         if os.path.exists(os.path.join(path, pins.PROG_PIN)):
-            return _compiled.get(path)
-        ints, strs = pins.sysctl_maps(path, cookie=cookie)   # the program opens this `sysctl`
+            return
+        ints, strs = pins.sysctl_maps(path, cookie=cookie)   # the program uses this `sysctl`
         ints.close()
         strs.close()
         pins.owners_map(path).close()
-        b, prog_fd = compile_program(path)
-        for name in pins.MAP_NAMES:
-            target = os.path.join(path, name)
-            if os.path.exists(target):
-                os.unlink(target)   # leftovers of an interrupted load
-            bpfsys.obj_pin(b.get_table(name).map_fd, target)
-        bpfsys.obj_pin(prog_fd, os.path.join(path, pins.PROG_PIN))
-        _compiled[path] = b
-        return b
+        with load_object(path) as obj:   # pins keep maps and program alive after close
+            for name in pins.MAP_NAMES:
+                target = os.path.join(path, name)
+                if os.path.exists(target):
+                    os.unlink(target)   # leftovers of an interrupted load
+                bpfsys.obj_pin(obj.map_fd(name), target)
+            bpfsys.obj_pin(obj.prog_fd("xdp_main"), os.path.join(path, pins.PROG_PIN))
 
     @classmethod
     def open_pinned(cls, netns: str | None = None, pin_dir: str | None = None) -> "FastPath":
@@ -324,7 +303,6 @@ class FastPath:
                 return False
             self.close()
             pins.remove_dir(self.path)
-            _compiled.pop(self.path, None)
             return True
 
     # -- ownership ----------------------------------------------------------------------

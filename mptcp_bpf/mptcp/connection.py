@@ -459,6 +459,8 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
 
     def _on_sf_fin(self, msf: MpSubflow) -> None:
         now = self.host.now
+        if msf.infinite is not None:
+            self._do_fallback("infinite mapping")  # 8684 §3.7: the subflow FIN ends the data
         if self.fallback:
             self._peer_fin_done = True
             if not self._rcvq:

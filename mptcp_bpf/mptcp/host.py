@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from mptcp_bpf.datapath.structs import META_SIZE, MPB_F_SUM_VALID, MPB_META_MAGIC, MpbMeta
 from mptcp_bpf.timers import TimerWheel
 from mptcp_bpf.tcp.subflow import Subflow
 from mptcp_bpf.wire import WireError
@@ -34,6 +35,26 @@ from .subflow import SF_CONNECTING, MpSubflow
 
 _SYN, _RST, _ACK, _FIN = 0x02, 0x04, 0x10, 0x01
 EPHEMERAL_LOW, EPHEMERAL_HIGH = 61000, 64999   # above Linux's default ip_local_port_range
+
+
+_META_MAGIC = MPB_META_MAGIC.to_bytes(2, "little")
+_META_FLAGS = MpbMeta.flags.offset
+_META_CSUM = MpbMeta.csum.offset
+_META_PLEN = MpbMeta.payload_len.offset
+
+
+def fast_path_sum(meta: Any, length: int) -> Optional[int]:
+    """The payload's ones'-complement sum the fast path computed, if `meta` carries one:
+    an object with `payload_sum`, or the raw struct mpb_meta bytes an XDP port hands over
+    (host byte order; the sum is in the same form as wire.checksum.csum_partial)."""
+    s = getattr(meta, "payload_sum", None)
+    if s is not None:
+        return s
+    if (type(meta) is bytes and len(meta) >= META_SIZE and meta.startswith(_META_MAGIC)
+            and (meta[_META_FLAGS] | meta[_META_FLAGS + 1] << 8) & MPB_F_SUM_VALID
+            and (meta[_META_PLEN] | meta[_META_PLEN + 1] << 8) == length):
+        return meta[_META_CSUM] | meta[_META_CSUM + 1] << 8
+    return None
 
 
 @dataclass
@@ -108,9 +129,9 @@ class Host:
         self.on_subflow_remove: Optional[Callable[..., None]] = None
         self.on_listen: Optional[Callable[..., None]] = None
         self.on_event: Optional[Callable[[dict], None]] = None
-        self._cur_obj: Any = None        # the packet being processed and its payload sum
-        self._cur_len = -1               # from the fast path's metadata (if it gave one)
-        self._cur_sum: Optional[int] = None
+        self._cur_obj: Any = None        # the packet being processed and the fast path's
+        self._cur_len = -1               # metadata that came with it (payload sum)
+        self._cur_meta: Any = None
         self._dirty: set[Connection] = set()
         self._lingering: dict[tuple, Listener] = {}   # closed listeners whose conns live on
 
@@ -333,16 +354,14 @@ class Host:
         msf = self._sfs.get(key) or self._pending.get(key)
         if msf is not None:
             if meta is not None:
-                s = getattr(meta, "payload_sum", None)
-                self._cur_sum = s
-                if s is not None:
-                    self._cur_obj = p.payload.obj
-                    self._cur_len = len(p.payload)
+                self._cur_meta = meta
+                self._cur_obj = p.payload.obj
+                self._cur_len = len(p.payload)
             c = msf.conn
             if p.flags & _RST and p.options:
                 c._on_rst_options(msf, p.options)
             msf.tcp.input(p, now)
-            self._cur_sum = None
+            self._cur_meta = None
             self._after_event(c, now)
             return
         flags = p.flags
@@ -360,10 +379,12 @@ class Host:
         When the fast path gave the current segment's payload sum in `meta.payload_sum`
         and `piece` is that whole payload, the sum is reused instead of recomputed.
         """
-        s = self._cur_sum
-        if (s is not None and type(piece) is memoryview and piece.obj is self._cur_obj
+        m = self._cur_meta
+        if (m is not None and type(piece) is memoryview and piece.obj is self._cur_obj
                 and len(piece) == self._cur_len):
-            return s
+            s = fast_path_sum(m, len(piece))
+            if s is not None:
+                return s
         return csum_partial(piece)
 
     def _after_event(self, c: Connection, now: float) -> None:
@@ -469,7 +490,8 @@ class Host:
         msf.nonce_remote = join.nonce
         msf.nonce_local = self.rng.getrandbits(32)
         msf.peer_backup = join.backup
-        msf.backup = join.backup
+        # 8684 §3.2: B in our SYN/ACK says what WE want: the backup flag of our address
+        msf.backup = any(la.backup for la in self.addresses if la.address == laddr)
         msf.mp_state = SF_CONNECTING
         cc = make_cc(c.cc, c.cc_group)
         fam = 4 if len(p.dst) == 4 else 6

@@ -146,6 +146,8 @@ class RecvMixin:
                         msf.csum_errors += 1
                         self.host.count("rx_csum_fail")
                         self._csum_failed(msf, m)
+                        if msf.infinite is not None and len(mv) > take:
+                            self._rx_deliver(self.rcv_nxt, bytes(mv[take:]))
                         return
             else:
                 m.got = max(m.got, off + take)

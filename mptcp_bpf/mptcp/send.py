@@ -195,6 +195,16 @@ class SendMixin:
     # ------------------------------------------------------------ options on our segments
     def _ack_options(self, msf: MpSubflow, meta: Any, length: int, flags: int) -> bytes:
         if self.fallback or msf.infinite_tx:
+            if msf.infinite_base is not None and not msf.infinite_tx:
+                # after MP_FAIL, until the infinite mapping went out (8684 §3.7): chunks
+                # mapped before keep their mappings (the peer has not fallen back yet and
+                # checks them), the first new data carries the infinite mapping, at a
+                # mapping boundary as the kernel sends it
+                if meta is not None:
+                    ack = (self.remote_idsn + self.rcv_nxt) & MASK64
+                    return dss_bytes(ack, meta.dsn, meta.ssn, meta.length, meta.csum, meta.fin)
+                if length and msf.tcp.tx_ssn + 1 >= msf.infinite_base[0]:
+                    return self._infinite_map_opt(msf)
             return b""
         hs = self._handshake_ack_options(msf, meta, length)
         if hs is not None:

@@ -88,8 +88,16 @@ class SignalsMixin:
                                                   if s.established and s not in doomed), None))
         self.host.count("rm_addr_tx")
         for s in doomed:
-            self._close_sf(s, reinject=True, reset=True)
+            self._close_removed(s)
         self._event("removed", rem_id=ids[0], local=True)
+
+    def _close_removed(self, s: MpSubflow) -> None:
+        """A subflow of a removed address (8684 §3.4.2): re-inject its data, then FIN when
+        nothing is outstanding on it, else a plain RST; no MP_TCPRST, as the kernel does
+        (its selftests expect MPRstTx/MPRstRx = 0 for removals)."""
+        t = s.tcp
+        quiet = t is not None and t.unsent_bytes == 0 and t.in_flight == 0
+        self._close_sf(s, reinject=True, reset=not quiet, rst_opts=b"")
 
     def set_prio(self, sf: Any, backup: bool) -> None:
         sf.backup = bool(backup)
@@ -134,7 +142,7 @@ class SignalsMixin:
         self.remote_addresses = [a for a in self.remote_addresses if a.id not in ids or a.id == 0
                                  and not any(s.remote_id == 0 for s in self.subflows)]
         for s in [s for s in self.subflows if s.remote_id in ids]:
-            self._close_sf(s, reinject=True, reset=True)
+            self._close_removed(s)
         for i in ids:
             self._event("removed", rem_id=i)
         self._pm_call("on_rm_addr", tuple(r.ids))
@@ -166,14 +174,31 @@ class SignalsMixin:
         if len(self.subflows) > 1:
             self._close_sf(msf, reinject=True, reset=True)
             return
-        # only subflow: answer with an infinite mapping and fall back to TCP
-        rel = (f.dsn - self.local_idsn) & MASK64
-        ack = (self.remote_idsn + self.rcv_nxt) & MASK64
-        msf.pending_opts.append(dss_bytes(ack, f.dsn, max(1, msf.tx_ssn - (self.snd_nxt - rel)), 0,
-                                          0 if self.csum else None))
-        msf.tcp.send_ack(self.host.now)
-        msf.infinite_tx = True
+        if msf.infinite is not None or msf.infinite_base is not None:
+            # the answer to our own MP_FAIL (or a repeat): the kernel echoes MP_FAIL next
+            # to its infinite mapping; nothing more to do
+            self.host.count("mp_fail_response_rx")
+            return
+        # answer with MP_FAIL as well, as the kernel does (mptcp_pm_mp_fail_received)
+        self.host.count("mp_fail_tx")
+        self._signal(emit(MpFail((self.remote_idsn + self.rcv_nxt) & MASK64)), msf)
+        # only subflow: answer with an infinite mapping and fall back to TCP. It rides on
+        # the next segment with data (the kernel reads mappings only there); from the
+        # fallback on, subflow byte tx_ssn + k is data byte snd_nxt + k (one subflow)
+        if msf.infinite_base is None:
+            msf.infinite_base = (msf.tx_ssn, self.snd_nxt)
         self._do_fallback("MP_FAIL")
+
+    def _infinite_map_opt(self, msf: MpSubflow) -> bytes:
+        """The infinite mapping (8684 §3.7, data-level length 0) for the segment being
+        built: DSN and SSN of its first byte."""
+        msf.infinite_tx = True
+        self.host.count("infinite_map_tx")
+        ssn = msf.tcp.tx_ssn + 1
+        base_ssn, base_rel = msf.infinite_base
+        dsn = (self.local_idsn + base_rel + (ssn - base_ssn)) & MASK64
+        ack = (self.remote_idsn + self.rcv_nxt) & MASK64 if self._rx_base_known else None
+        return dss_bytes(ack, dsn, ssn & 0xFFFFFFFF, 0, 0 if self.csum else None)
 
     # ------------------------------------------------------------ checksum failure
     def _csum_failed(self, msf: MpSubflow, m: Any) -> None:
@@ -186,7 +211,11 @@ class SignalsMixin:
         self.host.count("mp_fail_tx")
         self._signal(fail, msf)
         msf.rx_maps.clear()
-        msf.infinite = (m.dsn, m.ssn)  # the peer answers with an infinite mapping
+        # the peer answers with an infinite mapping from m.dsn (8684 §3.7): from here on
+        # the subflow stream is the data stream, the failed bytes included (nothing can
+        # re-send them: TCP acked them), as the kernel does (its selftests accept them)
+        msf.infinite = (m.dsn, m.ssn)
+        self._rx_deliver((m.dsn - self.remote_idsn) & MASK64, b"".join(m.buf))
 
     # ------------------------------------------------------------ fallback
     def _do_fallback(self, why: str) -> None:
@@ -197,8 +226,12 @@ class SignalsMixin:
         self.mpc_ack_pending = False
         self.host.count("fallback")
         self._event("fallback", reason=why)
-        # a plain TCP connection has no subflow-level DSS room to reserve
+        # bytes of a mapping held for its checksum are in the stream: deliver them (the
+        # peer falls back at that mapping and never re-sends them), then forget mappings
         for s in self.subflows:
+            for m in s.rx_maps:
+                if m.buf:
+                    self._rx_deliver((m.dsn - self.remote_idsn) & MASK64, b"".join(m.buf))
             s.rx_maps.clear()
         n = self.snd_nxt - self.snd_una
         if n > 0:
@@ -212,7 +245,9 @@ class SignalsMixin:
         """MP_FASTCLOSE (8684 §3.5): RST carrying the peer's key on every subflow."""
         if self.closed:
             return
-        opts = b"" if self.fallback or self.remote_key is None else emit(MpFastclose(self.remote_key))
+        # the kernel puts MP_TCPRST (unspecified) next to MP_FASTCLOSE on each RST
+        opts = b"" if self.fallback or self.remote_key is None else (
+            pad4(emit(MpFastclose(self.remote_key))) + pad4(emit(MpTcpRst(RST_UNSPEC))))
         self.host.count("fastclose_tx")
         for s in list(self.subflows):
             self._close_sf(s, reinject=False, reset=True, rst_opts=opts)

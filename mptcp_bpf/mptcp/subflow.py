@@ -99,6 +99,7 @@ class MpSubflow:
         self.tx_chunks: collections.deque[tuple[int, int]] = collections.deque()  # (rel dsn, len)
         self.copies: collections.deque[tuple[int, int]] = collections.deque()  # redundant copies
         self.infinite_tx = False              # we sent an infinite mapping (8684 §3.7)
+        self.infinite_base: Optional[tuple[int, int]] = None  # (ssn, rel dsn) to send it at
         self.dss_seen = False                 # the peer sent a DSS on this subflow
         # accounting
         self.bytes_sent = 0

@@ -148,15 +148,18 @@ class Net:
 
     def send(self, pkt: bytes | bytearray | memoryview) -> None:
         """Put an IP packet on the link of its (src, dst) pair (dropped if there is none)."""
-        pkt = bytes(pkt)
-        src, dst = ip_addrs(pkt)
-        for tap in self.taps:
-            tap(pkt, self.now)
-        pipe = self._pipes.get((src, dst))
+        if type(pkt) is not bytes:
+            pkt = bytes(pkt)
+        # (src, dst) as slices of bytes: already bytes, no ip_addrs() call per packet
+        key = (pkt[8:24], pkt[24:40]) if pkt[0] >> 4 == 6 else (pkt[12:16], pkt[16:20])
+        if self.taps:
+            for tap in self.taps:
+                tap(pkt, self.now)
+        pipe = self._pipes.get(key)
         if pipe is None:
             self.unroutable += 1
             return
-        pipe.put(pkt, dst)
+        pipe.put(pkt, key[1])
 
     def _deliver(self, pkt: bytes, dst: bytes, now: float, pipe: Pipe) -> None:
         h = self._handlers.get(dst)

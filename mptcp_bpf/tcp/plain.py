@@ -120,6 +120,7 @@ class PlainHost:
         self.dropped = 0
         self.rsts_sent = 0
         self._next_port = 40000 + self.rng.randrange(20000)
+        self._batch: list[Subflow] | None = None
 
     def listen(self, port: int, on_accept: Callable[[PlainConn], None]) -> None:
         self.listeners[port] = on_accept
@@ -131,6 +132,7 @@ class PlainHost:
         sf = Subflow((bytes(local), port), (bytes(remote[0]), remote[1]), conn, self.timers,
                      self.output, self.cc_factory(), self.config, self.rng)
         sf.rcv_window_fn = conn.window
+        sf.defer_ack = self._defer
         conn.sf = sf
         self.conns[(bytes(local), port, bytes(remote[0]), remote[1])] = conn
         sf.connect(now)
@@ -142,6 +144,26 @@ class PlainHost:
 
     def _forget(self, sf: Subflow) -> None:
         self.conns.pop((sf.local[0], sf.local[1], sf.remote[0], sf.remote[1]), None)
+
+    def input_batch(self, packets: Any, now: float) -> None:
+        """Packets that arrived together: in-order data is ACKed once per subflow at the
+        end of the batch (Subflow.defer_ack) instead of every second segment."""
+        due: list[Subflow] = []
+        self._batch = due
+        try:
+            for pkt in packets:
+                self.input(pkt, now)
+        finally:
+            self._batch = None
+        for sf in due:
+            sf.flush_ack(now)
+
+    def _defer(self, sf: Subflow) -> bool:
+        b = self._batch
+        if b is None:
+            return False
+        b.append(sf)
+        return True
 
     def input(self, packet: bytes | memoryview, now: float) -> None:
         try:
@@ -167,6 +189,7 @@ class PlainHost:
                 self.dropped += 1
                 return
             sf.rcv_window_fn = conn.window
+            sf.defer_ack = self._defer
             conn.sf = sf
             self.conns[(p.dst, p.dport, p.src, p.sport)] = conn
             self.listeners[p.dport](conn)

@@ -33,7 +33,15 @@ class ReceiveMixin:
                 self._drain_ooo()
                 self._ack_pending = 2  # a hole was filled: ACK at once
             elif self.rcv_nxt - self._rcv_wup > self.rcv_mss:
-                self._ack_pending = 2  # more than one full segment unacked (as Linux)
+                # more than one full segment unacked (as Linux): ACK now, or at the end of
+                # the owner's receive batch (one ACK per batch, like GRO), capped at 64 KB
+                d = self.defer_ack
+                if d is not None and self.rcv_nxt - self._rcv_wup < 65536 and \
+                        (self._ack_deferred or d(self)):
+                    self._ack_deferred = True
+                    self._ack_pending = 1
+                else:
+                    self._ack_pending = 2
             else:
                 self._ack_pending = 1  # delayed ACK
         elif seq < rcv_nxt:

@@ -159,6 +159,10 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self._rcv_wnd_adv = 0
         self.rcv_mss = 536
         self._ack_pending = 0          # 1: delayed ACK due, 2: ACK now
+        # receive batching: defer_ack(sf) -> True means "the owner calls sf.flush_ack(now)
+        # after its current batch of packets", so in-order data is ACKed once per batch
+        self.defer_ack: Callable[["Subflow"], bool] | None = None
+        self._ack_deferred = False
         self._rcv_wup = 0              # rcv_nxt when we last sent an ACK
         self._delack_timer: Timer | None = None
         self._delack_deadline = 0.0
@@ -317,6 +321,13 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         if wnd >= 2 * cur and wnd - cur >= min(self.adv_mss, self.config.rcv_buf // 2) \
                 or (self._rcv_wnd_adv == 0 and wnd >= 1 << self.rcv_wscale):
             self._send_ack(now)
+
+    def flush_ack(self, now: float) -> None:
+        """End of the owner's receive batch: send the ACK deferred by `defer_ack`."""
+        if self._ack_deferred:
+            self._ack_deferred = False
+            if self._ack_pending and self.state in _SYNCHRONIZED:
+                self._send_ack(now)
 
     def pending_chunks(self) -> list[tuple[Any, Any]]:
         """(meta, data) of every chunk not fully acknowledged, oldest first (re-injection)."""

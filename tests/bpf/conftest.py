@@ -1,4 +1,5 @@
-"""The XDP program compiled once per test session, pinned in a private directory."""
+"""The XDP program (the cached object) loaded once per test session, pinned in a
+private directory."""
 
 from __future__ import annotations
 

@@ -21,6 +21,12 @@ pytestmark = pytest.mark.priv
 LOCAL4, REMOTE4 = "10.77.0.1", "10.77.0.2"
 LOCAL6, REMOTE6 = "fd77::1", "fd77::2"
 LPORT, RPORT = 5201, 40001
+# Explicit MACs: scapy would otherwise resolve an IPv6 neighbour (about 1 s per frame).
+LOCAL_MAC, REMOTE_MAC = "02:00:00:00:77:01", "02:00:00:00:77:02"
+
+
+def eth() -> Ether:
+    return Ether(dst=LOCAL_MAC, src=REMOTE_MAC)
 SUBFLOW_ID, TOKEN = 7, 0xA1B2C3D4
 
 # One MPTCP option per subtype (value after kind and length), 8684 §3.
@@ -40,7 +46,7 @@ SUBTYPE_OPTS = {
 def frame4(payload: bytes = b"", flags: str = "A", options=(), ip_opts=None,
            src=REMOTE4, dst=LOCAL4, sport=RPORT, dport=LPORT) -> bytes:
     ip = IP(src=src, dst=dst) if ip_opts is None else IP(src=src, dst=dst, options=ip_opts)
-    return bytes(Ether() / ip / TCP(sport=sport, dport=dport, flags=flags,
+    return bytes(eth() / ip / TCP(sport=sport, dport=dport, flags=flags,
                                     options=list(options)) / payload)
 
 
@@ -49,7 +55,7 @@ def frame6(payload: bytes = b"", flags: str = "A", options=(), ext=None,
     ip = IPv6(src=REMOTE6, dst=LOCAL6)
     if ext is not None:
         ip = ip / ext
-    return bytes(Ether() / ip / TCP(sport=sport, dport=dport, flags=flags,
+    return bytes(eth() / ip / TCP(sport=sport, dport=dport, flags=flags,
                                     options=list(options)) / payload)
 
 
@@ -161,7 +167,7 @@ def test_listener_owns_syn_only(fastpath):
         # Exact-address listener: matches its address only.
         _, meta, _, _ = fastpath.test_run(frame6(flags="S", dport=8081))
         assert meta is not None and meta.flags & S.MPB_F_LISTENER
-        other = bytes(Ether() / IPv6(src=REMOTE6, dst="fd77::99") / TCP(dport=8081, flags="S"))
+        other = bytes(eth() / IPv6(src=REMOTE6, dst="fd77::99") / TCP(dport=8081, flags="S"))
         ret, meta, _, _ = fastpath.test_run(other)
         assert ret == bpfsys.XDP_PASS and meta is None
         assert {(l["port"], l["addr"]) for l in fastpath.listeners()} >= {(8080, "*"),
@@ -269,7 +275,7 @@ def test_ipv6_extension_headers(owned, ext):
 def test_fragments_pass(owned):
     before = owned.counters()
     f6 = frame6(b"x" * 20, ext=IPv6ExtHdrFragment(m=1, offset=0))
-    f4 = bytes(Ether() / IP(src=REMOTE4, dst=LOCAL4, flags="MF") / TCP(sport=RPORT,
+    f4 = bytes(eth() / IP(src=REMOTE4, dst=LOCAL4, flags="MF") / TCP(sport=RPORT,
                                                                           dport=LPORT) / b"x")
     for f in (f4, f6):
         ret, meta, out, _ = owned.test_run(f)
@@ -280,10 +286,10 @@ def test_fragments_pass(owned):
 def test_non_tcp_and_garbage_pass_untouched(owned):
     rng = random.Random(7)
     frames = [
-        bytes(Ether() / ARP()),
-        bytes(Ether() / IP(src=REMOTE4, dst=LOCAL4) / UDP(sport=RPORT, dport=LPORT) / b"u"),
-        bytes(Ether() / IPv6(src=REMOTE6, dst=LOCAL6) / UDP() / b"u"),
-        bytes(Ether() / Dot1Q(vlan=5) / IP() / UDP()),
+        bytes(eth() / ARP()),
+        bytes(eth() / IP(src=REMOTE4, dst=LOCAL4) / UDP(sport=RPORT, dport=LPORT) / b"u"),
+        bytes(eth() / IPv6(src=REMOTE6, dst=LOCAL6) / UDP() / b"u"),
+        bytes(eth() / Dot1Q(vlan=5) / IP() / UDP()),
         b"\x00" * 14, b"\xff" * 60,
     ]
     frames += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(14, 200)))

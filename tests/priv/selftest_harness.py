@@ -47,6 +47,7 @@ KERNEL_SERVER = "kernel_server"   # kernel = ns1 (listener), we = ns2 (connector
 KERNEL_CLIENT = "kernel_client"   # kernel = ns2 (connector), we = ns1 (listener)
 ROLES = (KERNEL_SERVER, KERNEL_CLIENT)
 
+PRE_COUNTERS = ("MPJoinAckRx", "MPJoinSynAckRx", "AddAddr", "EchoAdd", "EchoAddTx")
 FALLBACK_COUNTERS = ("InfiniteMapTx", "DSSCorruptionFallback", "SimultConnectFallback",
                      "MPCapableFallbackACK", "MPCapableFallbackSYNACK",
                      "MPCapableDataFallback", "MD5SigFallback", "DssFallback")
@@ -617,8 +618,8 @@ class Lab:
     def sleep(self, secs: float) -> None:
         self.run_until(lambda: False, secs)
 
-    def ksocket(self, family: int) -> socket.socket:
-        return run_in_netns(self.ns, lambda: socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP))
+    def ksocket(self, family: int, proto: int = IPPROTO_MPTCP) -> socket.socket:
+        return run_in_netns(self.ns, lambda: socket.socket(family, socket.SOCK_STREAM, proto))
 
     def close(self) -> None:
         for t in self.tuns:
@@ -638,7 +639,7 @@ class KernelApp:
     `first` and closes with unread data and SO_LINGER 0 (MP_FASTCLOSE, as `-f` does)."""
 
     def __init__(self, lab: Lab, target: tuple[str, int] | None, port: int,
-                 first: bytes, second: bytes, fastclose: bool = False, v6: bool = False) -> None:
+                 first: bytes, second: bytes, fastclose: bool = False, proto: int = IPPROTO_MPTCP) -> None:
         self.lab = lab
         self.first, self.second = first, second
         self.fastclose = fastclose
@@ -649,7 +650,7 @@ class KernelApp:
         self.connected = threading.Event()
         self.listener: Optional[socket.socket] = None
         if target is None:   # server: a dual-stack wildcard listener (mptcp_connect binds "::")
-            s = lab.ksocket(socket.AF_INET6)
+            s = lab.ksocket(socket.AF_INET6, proto)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("::", port))
@@ -658,7 +659,7 @@ class KernelApp:
             self.sock = None
         else:
             fam = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-            self.sock = lab.ksocket(fam)
+            self.sock = lab.ksocket(fam, proto)
         self.target = target
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -846,6 +847,7 @@ class Case:
     roles: tuple = ROLES                 # roles where the case makes sense
     hold: float = 0.0                    # keep the connection open this long (no acts)
     xfail: dict = field(default_factory=dict)   # role -> reason (a known core bug)
+    kernel_tcp: bool = False             # the kernel peer uses plain TCP (IPPROTO_TCP)
 
 
 @dataclass
@@ -895,18 +897,23 @@ def _run(lab: Lab, case: Case) -> Result:
     server_addr = case.connect_to or addr(1, 1, case.v6)
     before = lab.mib()
     checks = _checks_for(lab, case.expect)
-    pre = _checks_for(lab, case.pre)
+    # without netem the transfer is over in milliseconds: unless the case says otherwise,
+    # hold the connection until the joins and ADD_ADDRs it expects have happened
+    pre = _checks_for(lab, case.pre or [Check(c.ns, c.name, ">=", c.value) for c in case.expect
+                                        if c.name in PRE_COUNTERS and c.value > 0])
     kernel_fc = case.fastclose == ("server" if role == KERNEL_SERVER else "client")
     ours_fc = case.fastclose is not None and not kernel_fc
     conn_box: dict[str, Any] = {}
     if role == KERNEL_SERVER:
-        app = KernelApp(lab, None, port, k1, k2, fastclose=kernel_fc)
+        app = KernelApp(lab, None, port, k1, k2, fastclose=kernel_fc,
+                        proto=0 if case.kernel_tcp else IPPROTO_MPTCP)
         c = host.connect((server_addr, port), (str(lab.source_for(ipaddress.ip_address(server_addr))), 0),
                          now=time.monotonic())
         conn_box["c"] = c
     else:
         lst = host.listen(None, port)
-        app = KernelApp(lab, (server_addr, port), port, k1, k2, fastclose=kernel_fc)
+        app = KernelApp(lab, (server_addr, port), port, k1, k2, fastclose=kernel_fc,
+                        proto=0 if case.kernel_tcp else IPPROTO_MPTCP)
 
         def _acc() -> None:
             if "c" not in conn_box:

@@ -295,6 +295,7 @@ def test_forged_joins_refused_over_xdp(lab4, tmp_path):
         deadline = time.monotonic() + 60
         conns = []
         while time.monotonic() < deadline:
+            assert ours.poll() is None, f"our server exited: {ours.stderr.read().decode()}"
             try:
                 conns = [c for c in ctl.request("conns") if c.get("state") != "CLOSED"]
             except Exception:
@@ -324,7 +325,8 @@ def test_forged_joins_refused_over_xdp(lab4, tmp_path):
         after = len(ctl.request("conns")[0]["subflows"])
         assert after == before, f"a refused join left a subflow: {before} -> {after}"
     finally:
-        lab4.exec("client", ["nft", "delete", "table", "inet", "mpbs"], timeout=30)
+        lab4.exec("client", ["nft", "delete", "table", "inet", "mpbs"], timeout=30,
+                  capture_output=True)
         if ours.stdin:
             ours.stdin.close()
             ours.stdin = None

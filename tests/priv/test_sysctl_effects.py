@@ -31,12 +31,26 @@ def reset(lab) -> None:
         set_our_sysctl(lab, node, enabled=1, checksum=0, version=1, debug=0, syn_retries=3)
 
 
+def wait_listening(srv: subprocess.Popen) -> None:
+    """The perf server says when it listens (its stack may take seconds to start)."""
+    line = srv.stderr.readline()
+    assert b"listening" in line, f"perf server did not start: {line!r} {srv.stderr.read()!r}"
+
+
+def holders(lab, node: str) -> str:
+    """Who holds our devices (for a failure message)."""
+    return lab.exec(node, ["sh", "-c", "ps -eo pid,args | grep -c mptcp_bpf; "
+                           "ps -eo pid,etimes,args | grep 'mptcp_bpf' | grep -v grep"],
+                    capture_output=True, text=True, timeout=30).stdout
+
+
 def ours_vs_ours(lab, port: int, nbytes: str = "2M", client_args=(), server_args=()) -> dict:
     """perf server (server ns) and client (client ns), both ours; the client's -J report."""
-    srv = lab.popen("server", [PY, "-m", "mptcp_bpf", "perf", "-s", "-1", "-q", "-p", str(port),
+    srv = lab.popen("server", [PY, "-m", "mptcp_bpf", "perf", "-s", "-1", "-p", str(port),
                                *server_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     procs = [srv]
     try:
+        wait_listening(srv)
         cli = lab.popen("client", [PY, "-m", "mptcp_bpf", "perf", "-c", lab.addresses("server")[0],
                                    "-p", str(port), "-n", nbytes, "-J", *client_args],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -45,7 +59,8 @@ def ours_vs_ours(lab, port: int, nbytes: str = "2M", client_args=(), server_args
         rc_srv = finish([srv], 30)[0]
     finally:
         kill_all(procs)
-    assert cli.returncode == 0, f"perf client failed: {err.decode()[-2000:]}"
+    assert cli.returncode == 0, (f"perf client failed: {err.decode()[-2000:]}\n"
+                                 f"{holders(lab, 'client')}")
     assert rc_srv[0] == 0, f"perf server failed: {rc_srv[1]}"
     return json.loads(out)
 
@@ -87,13 +102,14 @@ def test_debug_log(lab):
     try:
         set_our_sysctl(lab, "client", debug=1)
         port = 9021
-        srv = lab.popen("server", [PY, "-m", "mptcp_bpf", "perf", "-s", "-1", "-q", "-p",
+        srv = lab.popen("server", [PY, "-m", "mptcp_bpf", "perf", "-s", "-1", "-p",
                                    str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        wait_listening(srv)
         cli = lab.popen("client", [PY, "-m", "mptcp_bpf", "perf", "-q", "-c",
                                    lab.addresses("server")[0], "-p", str(port), "-n", "256K"],
                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         res = finish([cli, srv], 120)
-        assert res[0][0] == 0, res
+        assert res[0][0] == 0, (res, holders(lab, "client"))
         log = res[0][1]
         assert "mptcp-bpf debug: created" in log and "established" in log, log[-2000:]
         assert "mptcp-bpf debug" not in res[1][1], "debug is per namespace: server has it off"

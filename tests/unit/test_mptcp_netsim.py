@@ -269,6 +269,68 @@ def test_join_forged_hmac_refused():
 
 # ------------------------------------------------------------------ signals
 
+def _tap(host) -> list:
+    """Record the packets `host` sends (still delivering them)."""
+    seen = []
+    out = host.output
+
+    def tap(pkt):
+        seen.append(bytes(pkt))
+        out(pkt)
+    host.output = tap
+    return seen
+
+
+def _rst_subs(pkts: list) -> list:
+    """MPTCP suboptions on the RSTs among `pkts` (one list per RST)."""
+    from mptcp_bpf.mptcp.options import mptcp_options
+    out = []
+    for pkt in pkts:
+        q = parse_ip_packet(pkt)
+        if q.flags & RST:
+            out.append([parse_mptcp(o, syn=False, ack=True) for o in mptcp_options(bytes(q.options))])
+    return out
+
+
+@pytest.mark.parametrize("side", ["remover", "receiver"])
+def test_remove_addr_closes_subflows_without_mp_tcprst(side):
+    """8684 §3.4.2 REMOVE_ADDR: the subflows of the address close without MP_TCPRST (the
+    kernel's selftests expect MPRstTx = MPRstRx = 0 for removals)."""
+    from mptcp_bpf.wire.mptcp import MpTcpRst
+    p = Pair(paths=2)
+    c, s = p.connect()
+    p.run(1.0)
+    seen_b, seen_a = _tap(p.b), _tap(p.a)
+    gone = p.b.addresses[1]
+    s.remove_addr([gone.id])
+    p.run(2.0)
+    assert all(str(sf.remote_addr) != str(gone.address) for sf in c.subflows)
+    rsts = _rst_subs(seen_b if side == "remover" else seen_a)
+    assert not [r for r in rsts if any(isinstance(o, MpTcpRst) for o in r)], rsts
+    assert p.a.stats["rm_addr_rx"] == 1
+
+
+def test_join_synack_backup_flag_is_our_own():
+    """8684 §3.2: B in the MP_JOIN SYN/ACK is the sender's own wish (the backup flag of
+    its address), not an echo of the SYN's."""
+    from mptcp_bpf.wire.mptcp import MpJoinSynAck
+    p = Pair(paths=2)
+    p.b.addresses[1].backup = True
+    seen = _tap(p.b)
+    c, s = p.connect()
+    p.run(1.0)
+    flags = {}
+    for pkt in seen:
+        q = parse_ip_packet(pkt)
+        if q.flags & SYN and q.flags & ACK:
+            for sub in _mptcp_subs(pkt):
+                if isinstance(sub, MpJoinSynAck):
+                    flags[str(ipaddress.ip_address(q.src))] = sub.backup
+    assert flags == {p.b_addrs[0]: False, p.b_addrs[1]: True}, flags
+    # the client's view: the subflows to the backup address are backup for it
+    assert all(sf.peer_backup == (str(sf.remote_addr) == p.b_addrs[1]) for sf in c.subflows)
+
+
 def test_add_addr_remove_addr():
     p = Pair(paths=2)
     c, s = p.connect()
@@ -310,11 +372,16 @@ def test_mp_prio_backup():
 
 
 def test_fastclose():
+    from mptcp_bpf.wire.mptcp import MpFastclose, MpTcpRst
     p = Pair()
     c, s = p.connect()
     p.run(1.0)
+    seen = _tap(p.a)
     c.abort()
     p.run(1.0)
+    rsts = _rst_subs(seen)
+    # as the kernel: MP_TCPRST next to MP_FASTCLOSE on every RST (its MPRstRx counts it)
+    assert rsts and all({type(o) for o in r} == {MpFastclose, MpTcpRst} for r in rsts), rsts
     assert s.error == errno.ECONNRESET and s.closed
     assert p.b.stats["fastclose_rx"] >= 1
     assert not p.b.conns and not p.b._sfs
@@ -491,9 +558,19 @@ class _Meta:
         self.payload_sum = s
 
 
+def _xdp_meta(payload_sum: int, length: int) -> bytes:
+    """struct mpb_meta as an XDP port hands it to the host (raw bytes)."""
+    from mptcp_bpf.datapath import structs as S
+    m = S.MpbMeta(magic=S.MPB_META_MAGIC, flags=S.MPB_F_OWNED | S.MPB_F_SUM_VALID,
+                  csum=payload_sum, payload_len=length)
+    return bytes(m)
+
+
+@pytest.mark.parametrize("form", ["object", "xdp"])
 @pytest.mark.parametrize("lie", [False, True])
-def test_fast_path_payload_sums(lie):
-    """The receiver uses the per-segment payload sums a fast path hands in `meta`."""
+def test_fast_path_payload_sums(lie, form):
+    """The receiver uses the per-segment payload sums a fast path hands in `meta`
+    (an object with payload_sum, or the XDP port's raw struct mpb_meta bytes)."""
     from mptcp_bpf.wire.checksum import csum_partial
     p = Pair(csum=(True, True), paths=1)
     c, s = p.connect()
@@ -505,7 +582,7 @@ def test_fast_path_payload_sums(lie):
         if lie and len(q.payload) and not state["lied"]:
             state["lied"] = 1
             ps ^= 0x0101
-        p.b.input(pkt, now, _Meta(ps))
+        p.b.input(pkt, now, _Meta(ps) if form == "object" else _xdp_meta(ps, len(q.payload)))
 
     p.net.attach(ip(p.b_addrs[0]), with_meta)
     data = random.Random(12).randbytes(200_000)
@@ -660,3 +737,64 @@ def test_redundant_slow_path_does_not_hold_the_transfer():
     assert 0 < slow[0].bytes_sent < size // 2          # it sent copies, but not everything
     assert max(unsent) <= 256 << 10, max(unsent)       # no pile of queued copies
     assert c.host.stats["redundant_copy_dropped"] > 0
+
+
+def test_closed_listener_keeps_taking_joins_for_its_connections():
+    """ncat-style servers close the listening socket after accept(); the connection's
+    MP_JOINs (8684 §3.2) still arrive on that port, so the fast path's claim of it
+    (on_listen) is dropped only when the listener's last connection is gone."""
+    p = Pair(paths=2)
+    calls = []
+    p.b.on_listen = lambda *a: calls.append(a)
+    c, s = p.connect()
+    p.lst.close()
+    assert calls == []
+    p.run(2.0)
+    assert sum(1 for x in s.subflows if x.established) == 4      # joins still accepted
+    c2 = p.a.connect((p.b_addrs[0], 80), now=p.net.now)          # a new connection is refused
+    p.run(2.0)
+    assert c2.error == errno.ECONNREFUSED and p.b.stats["rx_syn_no_listener"] >= 1
+    got_s, got_c = p.transfer(b"x" * 100_000, b"y" * 1000)
+    assert got_s == b"x" * 100_000 and got_c == b"y" * 1000
+    p.run(5.0)
+    assert s.closed and calls == [(0, None, 80, False)], (calls, s.info())
+
+
+@pytest.mark.parametrize("towards", ["server", "client"])
+@pytest.mark.parametrize("version", [0, 1])
+def test_mp_fail_single_subflow_falls_back_with_infinite_mapping(version, towards):
+    """8684 §3.7: a DSS checksum failure on the only subflow -> MP_FAIL; the sender
+    answers with an infinite mapping (on a data segment, where the kernel looks for it)
+    and both fall back to TCP. Both streams go on intact except the corrupted byte,
+    delivered as received (nothing can re-send it: TCP acked it), which is also what the
+    kernel's selftests expect."""
+    p = Pair(version=version, csum=(True, True), paths=1)
+    p.connect()
+    state = {"n": 0}
+    rx = p.b if towards == "server" else p.a
+    tx = p.a if towards == "server" else p.b
+    addr = p.b_addrs[0] if towards == "server" else p.a_addrs[0]
+
+    def corrupt(pkt, now):
+        q = parse_ip_packet(pkt)
+        if len(q.payload) > 100:
+            state["n"] += 1
+            if state["n"] == 30:   # the middle of the transfer; TCP's checksum is fixed up
+                b = bytearray(pkt)
+                b[len(pkt) - len(q.payload) + 10] ^= 0xFF
+                pkt = bytes(b)
+        rx.input(pkt, now)
+
+    p.net.attach(ip(addr), corrupt)
+    big, small = random.Random(3).randbytes(400_000), random.Random(4).randbytes(50_000)
+    up, down = (big, small) if towards == "server" else (small, big)
+    got_s, got_c = p.transfer(up, down, timeout=60)
+    got, want = (got_s, up) if towards == "server" else (got_c, down)
+    assert (got_c if towards == "server" else got_s) == (down if towards == "server" else up)
+    assert len(got) == len(want)
+    diffs = [i for i in range(len(want)) if got[i] != want[i]]
+    assert len(diffs) == 1 and got[diffs[0]] == want[diffs[0]] ^ 0xFF
+    assert rx.stats["rx_csum_fail"] == 1 and rx.stats["mp_fail_tx"] == 1
+    assert tx.stats["mp_fail_rx"] == 1 and tx.stats["infinite_map_tx"] == 1
+    assert rx.stats["rx_infinite_map"] == 1
+    assert p.client.fallback and p.server.fallback

@@ -29,7 +29,7 @@ def load(args: argparse.Namespace) -> int:
     try:
         for w in caught:
             if not issubclass(w.category, RuntimeWarning):
-                continue   # bcc's own deprecation noise
+                continue   # other libraries' deprecation noise
             print(f"mptcp-bpf: warning: {w.message}", file=sys.stderr)
         modes = fp.device_modes()
         data = {"prog_id": fp.prog_id, "pin_dir": fp.path,

@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def pump(conn: Any) -> int:
-    """stdin -> conn (half-close at EOF), conn -> stdout; 0 only for a clean end."""
+    """stdin -> conn (half-close at EOF), conn -> stdout; 0 only for a clean end: both
+    directions finished (our DATA_FIN sent after stdin's EOF, the peer's received)."""
     state: dict[str, Any] = {"sending": False, "send_ok": None, "abandoned": False}
     fin_in = sys.stdin.buffer
     fout = sys.stdout.buffer
@@ -247,12 +248,12 @@ def pump(conn: Any) -> int:
     except OSError as exc:
         print(f"mptcp-bpf nc: recv: {exc.strerror or exc}", file=sys.stderr)
         recv_ok = False
-    # The peer closed: finish what we are sending; a stdin still open is abandoned (ncat).
-    while t.is_alive() and state["sending"]:
-        t.join(0.1)
-    if recv_ok and state["send_ok"] is None and t.is_alive():
+    # The peer half-closed: it may still receive, so stdin keeps flowing until its EOF
+    # (an error of the peer ends the sender too).
+    if recv_ok:
+        t.join()
+    else:
         state["abandoned"] = True
-        state["send_ok"] = True
     ok = bool(recv_ok and state["send_ok"])
     linger_close(conn)
     return 0 if ok else 1
