@@ -73,18 +73,22 @@ def load_object(path: str, source: str | None = None) -> bpfsys.BpfObject:
     """Load the compiled fast path (build.object_for: cached per machine) with libbpf,
     its `sysctl` map replaced by the pinned one of `path`. HintedError with the
     verifier's log on rejection."""
-    elf_path = build.object_for(source or XDP_SOURCE)
-    with open(elf_path, "rb") as f:
-        elf = f.read()
     sysctl_fd = bpfsys.obj_get(os.path.join(path, "sysctl"))
     try:
-        with _capture_stderr() as err:
-            try:
-                obj = bpfsys.BpfObject(elf, reuse={"sysctl": sysctl_fd})
-            except OSError as exc:
-                failure: OSError | None = exc
-            else:
-                failure = None
+        for attempt in (1, 2):
+            elf_path = build.object_for(source or XDP_SOURCE)
+            with open(elf_path, "rb") as f:
+                elf = f.read()
+            with _capture_stderr() as err:
+                try:
+                    obj = bpfsys.BpfObject(elf, reuse={"sysctl": sysctl_fd})
+                except OSError as exc:
+                    failure: OSError | None = exc
+                else:
+                    failure = None
+            if failure is None or "open_mem" not in str(failure) or attempt == 2:
+                break
+            os.unlink(elf_path)   # not a valid ELF object (damaged cache): build it again
     finally:
         os.close(sysctl_fd)
     if failure is not None:

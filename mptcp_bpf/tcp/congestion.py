@@ -55,7 +55,8 @@ class CongestionControl:
         if not sf.cwnd_limited:
             return  # RFC 7661: do not grow a window the sender is not using
         if sf.cwnd < sf.ssthresh:
-            sf.cwnd += min(acked, sf.mss)
+            # RFC 3465 (L = 2): stretch ACKs (batched or GRO receivers) do not stall slow start
+            sf.cwnd += min(acked, 2 * sf.mss)
         else:
             sf.cwnd += max(1, sf.mss * acked // sf.cwnd)  # per byte acked (RFC 3465), as Linux
 

@@ -527,7 +527,7 @@ class Lab:
                 while nxt in used:
                     nxt += 1
                 e.id = nxt
-            self.host.add_address(a, addr_id=e.id, port=e.port or 0)
+            self.host.add_address(a, addr_id=e.id, port=e.port or 0, backup=e.has("backup"))
         implicit = 100
         for v6 in (False, True):
             for i in range(1, NPATHS + 1):

@@ -278,3 +278,23 @@ def test_zz_generic_mode_and_modes_reported(veth):
     finally:
         cli(a, "unload", "va", check=False)
     assert not os.path.exists(pin)
+
+
+def test_damaged_cached_object_is_rebuilt(monkeypatch, tmp_path):
+    from mptcp_bpf.datapath import bpfsys, build, loader, pins
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(build, "CACHE_DIR", cache)
+    obj = build.object_for(loader.XDP_SOURCE)
+    with open(obj, "wb") as f:
+        f.write(b"not an ELF file")
+    d = f"/run/mptcp-bpf/mpbb-dmg-{os.getpid()}"
+    try:
+        for m in pins.sysctl_maps(d):
+            m.close()
+        with loader.load_object(d) as o:
+            info = bpfsys.prog_info(o.prog_fd("xdp_main"))
+        assert info["type"] == "xdp" and info["verified_insns"] > 1000
+        assert open(obj, "rb").read(4) == b"\x7fELF"
+    finally:
+        pins.remove_dir(d)
+

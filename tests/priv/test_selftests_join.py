@@ -33,10 +33,6 @@ def pre_add(n: int) -> list[Check]:
 
 SERVER_ONLY = (KERNEL_SERVER,)
 BUGS = {
-    "SB1": "core bug SB1: subflows closed for REMOVE_ADDR are reset with MP_TCPRST "
-           "(kernel MPRstRx > 0, selftest expects 0)",
-    "SB2": "core bug SB2: MP_JOIN SYN/ACK B flag echoes the peer's instead of our priority",
-    "SB3": "core bug SB3: MP_FASTCLOSE RST carries no MP_TCPRST (kernel MPRstRx 0)",
     "SB4/SB5": "core bugs SB4/SB5: data stalls after MP_FAIL fallback; infinite mapping "
                "sent on a pure ACK (kernel InfiniteMapRx 0)",
     "FLAKY": "sometimes the kernel rejects (MPJoinRejected) joins that are in flight at "
@@ -233,12 +229,6 @@ CASES: list[Case] = [
 
 
 XFAIL = {
-    "remove single subflow": xf("CLIENT", "SB1"), "remove multiple subflows": xf("CLIENT", "SB1"),
-    "remove single address": xf("CLIENT", "SB1"), "remove subflow and signal": xf("CLIENT", "SB1"),
-    "remove id 0 subflow": xf("CLIENT", "SB1"), "remove single address IPv6": xf("CLIENT", "SB1"),
-    "remove single address with port": xf("CLIENT", "SB1"),
-    "single subflow, backup": xf("CLIENT", "SB2"), "single address, backup": xf("CLIENT", "SB2"),
-    "fastclose test": xf("SERVER", "SB3"), "fastclose server test": xf("CLIENT", "SB3"),
     "Infinite map": xf("BOTH", "SB4/SB5"), "signal addresses": xf("SERVER", "FLAKY"),
 }
 for _c in CASES:

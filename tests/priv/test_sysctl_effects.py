@@ -33,8 +33,13 @@ def reset(lab) -> None:
 
 def wait_listening(srv: subprocess.Popen) -> None:
     """The perf server says when it listens (its stack may take seconds to start)."""
-    line = srv.stderr.readline()
-    assert b"listening" in line, f"perf server did not start: {line!r} {srv.stderr.read()!r}"
+    lines = []
+    for _ in range(50):
+        line = srv.stderr.readline()
+        lines.append(line)
+        if not line or b"listening" in line:
+            break
+    assert b"listening" in lines[-1], f"perf server did not start: {lines!r}"
 
 
 def holders(lab, node: str) -> str:
