@@ -373,6 +373,15 @@ class Host:
         self.count("rx_no_socket")
         self._send_rst_for(p)
 
+    def fast_sum(self, piece: Any) -> Optional[int]:
+        """The fast path's sum of `piece` when it is the whole payload of the packet being
+        processed and the metadata carries one; else None."""
+        m = self._cur_meta
+        if (m is not None and type(piece) is memoryview and piece.obj is self._cur_obj
+                and len(piece) == self._cur_len):
+            return fast_path_sum(m, len(piece))
+        return None
+
     def payload_sum(self, piece: Any) -> int:
         """Ones'-complement sum of received payload for the DSS checksum (8684 §3.3.1).
 

@@ -175,9 +175,11 @@ class SignalsMixin:
             self._close_sf(msf, reinject=True, reset=True)
             return
         if msf.infinite is not None or msf.infinite_base is not None:
-            # the answer to our own MP_FAIL (or a repeat): the kernel echoes MP_FAIL next
-            # to its infinite mapping; nothing more to do
+            # the answer to our own MP_FAIL (or a repeat): the kernel echoes MP_FAIL and
+            # falls back with its next data (infinite mapping); the stream is 1:1 already
             self.host.count("mp_fail_response_rx")
+            if msf.infinite is not None:
+                self._do_fallback("MP_FAIL answered")
             return
         # answer with MP_FAIL as well, as the kernel does (mptcp_pm_mp_fail_received)
         self.host.count("mp_fail_tx")

@@ -37,7 +37,7 @@ class TxMap:
 class RxMap:
     """A mapping received on a subflow; checked/delivered as its bytes arrive in order."""
 
-    __slots__ = ("dsn", "ssn", "length", "csum", "fin", "sum", "got", "buf")
+    __slots__ = ("dsn", "ssn", "length", "csum", "fin", "sum", "got", "buf", "data_len", "end")
 
     def __init__(self, dsn: int, ssn: int, length: int, csum: Optional[int], fin: bool) -> None:
         self.dsn = dsn          # absolute 64-bit DSN
@@ -45,13 +45,11 @@ class RxMap:
         self.length = length    # data-level length (includes the DATA_FIN)
         self.csum = csum
         self.fin = fin
-        self.sum = 0            # payload ones'-complement sum so far (checksum mode)
+        self.sum: Optional[int] = 0  # fast-path payload sums so far; None: sum at the end
         self.got = 0            # payload bytes seen so far
         self.buf: list[bytes] = []  # payload held until the checksum verifies
-
-    @property
-    def data_len(self) -> int:
-        return self.length - 1 if self.fin else self.length
+        self.data_len = length - 1 if fin else length   # payload bytes (no DATA_FIN)
+        self.end = ssn + self.data_len                  # first SSN after the payload
 
     def same(self, other: "RxMap") -> bool:
         return (self.dsn, self.ssn, self.length) == (other.dsn, other.ssn, other.length)

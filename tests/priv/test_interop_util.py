@@ -20,7 +20,7 @@ if not os.path.exists(PY):
 KPEER = r'''
 import socket, sys, time
 role, fam, addr, port, mode, path, mptcp = sys.argv[1:8]
-F = socket.AF_INET6 if fam == "6" else socket.AF_INET
+F = socket.AF_INET6 if fam in ("6", "46") else socket.AF_INET
 proto = 262 if mptcp == "1" else 0
 def xfer(c):
     c.settimeout(120)
@@ -45,6 +45,8 @@ def xfer(c):
 if role == "listen":
     s = socket.socket(F, socket.SOCK_STREAM, proto)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == "46":  # dual stack: IPv4 connections, and joins to IPv6 addresses
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind(("", int(port)))
     s.listen(8)
     print("ready", flush=True)

@@ -199,6 +199,7 @@ CASES: list[Case] = [
     # in the selftest) so that a valid checksum was seen first: the kernel then answers
     # with MP_FAIL instead of falling back silently (subflow->valid_csum_seen)
     Case("Infinite map", Ns(checksum=True), Ns(checksum=True), size=64 << 10, corrupt=True,
+         timeout=12,
          tamper=lambda lab: corrupt_nth_data(lab.tamper_out if lab.kside == 1 else lab.tamper_in, 1, 8),
          want_fallback=True,
          expect=chk_join_nr(0, 0, 0, fb_ns1={"DssFallback": 1}, fb_ns2={"InfiniteMapTx": 1})
