@@ -18,7 +18,6 @@ uses fails with EADDRINUSE exactly as for a kernel socket.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select

@@ -304,7 +304,10 @@ class LineProc:
             th.join(5)
 
     def tail(self, n: int = 1500) -> str:
-        return ("".join(self.err))[-n:]
+        """The end of stderr, with the exit status when it has exited."""
+        rc = self.proc.poll()
+        return (f"[{self.what}: exit {rc}] " if rc is not None else f"[{self.what}: running] ") + \
+            ("".join(self.err))[-n:]
 
 
 def kill(proc: subprocess.Popen) -> None:

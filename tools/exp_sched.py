@@ -6,8 +6,8 @@ against a kernel MPTCP echo server.
 Lab: two direct paths, path 1 with --fast-delay and path 2 with --slow-delay each way;
 our client uses both addresses (fullmesh, the server announces nothing: one subflow per
 path). Each message is one small segment; the kernel answers on its own choice of
-subflow (its default scheduler: the fast one), so a request sent on the slow path costs
-about slow + fast one-way delays. Expected: default and redundant near the fast path's
+subflow (mostly the fast one), so a request sent on the slow path costs slow + fast
+one-way delays, or two slow ones when the kernel answers there too. Expected: default and redundant near the fast path's
 RTT (redundant lowest, never worse), roundrobin alternating between the two paths as
 num_segments says.
 """

@@ -47,6 +47,7 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise HintedError("loading the fast path needs root (BPF, XDP, bpffs)",
@@ -88,7 +89,8 @@ def load_object(path: str, source: str | None = None) -> bpfsys.BpfObject:
                     failure = None
             if failure is None or "open_mem" not in str(failure) or attempt == 2:
                 break
-            os.unlink(elf_path)   # not a valid ELF object (damaged cache): build it again
+            with contextlib.suppress(FileNotFoundError):   # damaged cache: build it again
+                os.unlink(elf_path)
     finally:
         os.close(sysctl_fd)
     if failure is not None:

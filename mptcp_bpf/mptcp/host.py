@@ -50,10 +50,13 @@ def fast_path_sum(meta: Any, length: int) -> Optional[int]:
     s = getattr(meta, "payload_sum", None)
     if s is not None:
         return s
-    if (type(meta) is bytes and len(meta) >= META_SIZE and meta.startswith(_META_MAGIC)
-            and (meta[_META_FLAGS] | meta[_META_FLAGS + 1] << 8) & MPB_F_SUM_VALID
-            and (meta[_META_PLEN] | meta[_META_PLEN + 1] << 8) == length):
-        return meta[_META_CSUM] | meta[_META_CSUM + 1] << 8
+    if not isinstance(meta, (bytes, bytearray, memoryview)) or len(meta) < META_SIZE:
+        return None
+    b = len(meta) - META_SIZE   # the struct ends where the frame starts (structs.Meta.parse)
+    if (meta[b:b + 2] == _META_MAGIC
+            and (meta[b + _META_FLAGS] | meta[b + _META_FLAGS + 1] << 8) & MPB_F_SUM_VALID
+            and (meta[b + _META_PLEN] | meta[b + _META_PLEN + 1] << 8) == length):
+        return meta[b + _META_CSUM] | meta[b + _META_CSUM + 1] << 8
     return None
 
 

@@ -5,6 +5,7 @@ margins a loaded 2-core machine keeps; a miss is measured once more before faili
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ def _run(script: str, lab: str, out: Path, extra: list[str], timeout: float) -> 
 def _measure(script: str, lab: str, tmp_path: Path, check: Callable[[dict[str, Any]], str],
              extra: list[str] | None = None, timeout: float = 240) -> dict[str, Any]:
     """Run, check (check returns '' when fine, else why not); once more on a miss."""
+    lab = f"{lab}{os.getpid() % 100000}"  # two test runs at once must not share a lab
     why = ""
     for attempt in (1, 2):
         out = tmp_path / f"try{attempt}"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from test_interop_util import (BAD_COUNTERS, KPEER, PY, delta, finish, kill_all, kpeer_script,
+from test_interop_util import (BAD_COUNTERS, PY, delta, finish, kill_all, kpeer_script,
                                lab_for, make_file, nc_argv, set_our_sysctl, sha256_file)
 
 pytestmark = pytest.mark.priv

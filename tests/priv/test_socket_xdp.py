@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from test_interop_util import PY, finish, kill_all, lab_for, nc_argv
+from test_interop_util import PY, kill_all, lab_for, nc_argv
 
 pytestmark = pytest.mark.priv
 

@@ -5,7 +5,6 @@ enhanced socket API (sub ids, tuples, open/close a subflow, TCP_INFO, IP_TOS on 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
