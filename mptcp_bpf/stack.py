@@ -34,6 +34,9 @@ log = logging.getLogger("mptcp_bpf.stack")
 debug_log = logging.getLogger("mptcp_bpf.debug")
 
 RX_BATCH = 64
+RX_ROUNDS = 4  # recv_batch calls per ready port and wakeup: up to 256 packets per batch
+_PARTIAL_V4 = (20, 16)  # (csum_start, csum_offset) from the IP header: TcpBuilder's v4
+_PARTIAL_V6 = (40, 16)  # and v6 packets carry no IP options / extension headers
 
 # host counter -> the kernel's MPTcpExt MIB name (`mptcp-bpf stats` shows both)
 MIB_NAMES = {
@@ -273,6 +276,9 @@ class Stack:
         self.ports: list[Any] = list(ports or [])
         self._port_by_src: dict[bytes, Any] = {}
         self._txq: list[bytes] = []
+        self._txcs: list[tuple[int, int] | None] = []  # per queued packet: csum offsets
+        self._csum_offload = False  # every port finishes TCP checksums (TX_CSUM_PARTIAL)
+        self._sleep_until = 0.0  # the loop's epoll deadline (call() kicks only if earlier)
         self._stop = False
         self._thread: threading.Thread | None = None
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -366,6 +372,36 @@ class Stack:
             self.ports.append(port)
             for ip in device_addresses(dev):
                 self.add_address(ip, port)
+        self._update_offload()
+
+    def _update_offload(self) -> None:
+        """TX checksum offload only when every port does it (a subflow's packets may leave
+        through any of them); otherwise subflows go back to full checksums."""
+        on = bool(self.ports) and all(getattr(p, "tx_csum_offload", False) for p in self.ports)
+        if on == self._csum_offload:
+            return
+        self._csum_offload = on
+        for sf in self._host_subflows():
+            self._set_tx_csum(sf)
+
+    def _host_subflows(self) -> list[Any]:
+        h = self.host
+        out = []
+        for d in (getattr(h, "_sfs", None), getattr(h, "_pending", None)):
+            if isinstance(d, dict):
+                out += [getattr(m, "tcp", None) for m in d.values()]
+        return [t for t in out if t is not None and hasattr(t, "tx_csum")]
+
+    def _set_tx_csum(self, tcp: Any) -> None:
+        """Subflow packets carry the pseudo-header sum and leave with csum offsets (the
+        kernel finishes the sum); packets the host builds itself (RSTs) stay full."""
+        if self._csum_offload:
+            from mptcp_bpf.wire.packet import TX_CSUM_PARTIAL
+            tcp.tx_csum = TX_CSUM_PARTIAL
+            tcp.output = self._output_partial
+        else:
+            tcp.tx_csum = True
+            tcp.output = getattr(self.host, "_out", self._output)
 
     def _open_capture(self, path: str) -> None:
         from mptcp_bpf import capture
@@ -419,6 +455,7 @@ class Stack:
     def add_port(self, port: Any, addresses: Iterable[str] = ()) -> None:
         with self.lock:
             self.ports.append(port)
+            self._update_offload()
         for ip in addresses:
             self.add_address(ip, port)
         self.kick()
@@ -450,12 +487,25 @@ class Stack:
     # ----------------------------------------------------------------- host callbacks
     def _output(self, packet: bytes) -> None:
         self._txq.append(packet)
+        self._txcs.append(None)
+
+    def _output_partial(self, packet: bytes) -> None:
+        """A subflow's packet whose TCP checksum field holds the pseudo-header sum."""
+        self._txq.append(packet)
+        self._txcs.append(_PARTIAL_V4 if packet[0] >> 4 == 4 else _PARTIAL_V6)
 
     def _on_subflow_add(self, family: int, lip: bytes, lport: int, rip: bytes, rport: int,
                         sf_id: int, token: int, *rest: Any) -> None:
         key = (6 if family in (6, _socket.AF_INET6) else 4, lport)
         if key in self._ephemeral:
             self._ephemeral[key] += 1
+        if self._csum_offload:
+            h = self.host
+            k = (lip, lport, rip, rport)
+            msf = getattr(h, "_sfs", {}).get(k) or getattr(h, "_pending", {}).get(k)
+            tcp = getattr(msf, "tcp", None)
+            if tcp is not None and hasattr(tcp, "tx_csum"):
+                self._set_tx_csum(tcp)
         fp = self.fastpath
         if fp is not None:
             # the map's subflow ids are stack-wide and non-zero (the host's are per
@@ -611,7 +661,11 @@ class Stack:
             finally:
                 if self._txq:
                     self.flush()
-                self.kick()
+                # wake the loop only when its sleep must end sooner (a new, earlier timer):
+                # a send() or recv() per call would otherwise cost an eventfd write each
+                d = self.timers.next_deadline()
+                if d is not None and d < self._sleep_until:
+                    self.kick()
 
     def now(self) -> float:
         return time.monotonic()
@@ -626,25 +680,36 @@ class Stack:
         q = self._txq
         if not q:
             return
+        cs = self._txcs
         self._txq = []
+        self._txcs = []
         if self.capture is not None:
             cap_out(self.capture, q)
-        by_port: dict[int, tuple[Any, list[bytes]]] = {}
         default = self.ports[0] if self.ports else None
         pbs = self._port_by_src
-        for pkt in q:
-            port = pbs.get(_src_of(pkt), default) if len(pbs) > 1 else (
-                next(iter(pbs.values())) if pbs else default)
-            if port is None:
-                continue
-            entry = by_port.get(id(port))
-            if entry is None:
-                by_port[id(port)] = (port, [pkt])
-            else:
-                entry[1].append(pkt)
-        for port, pkts in by_port.values():
+        if len(pbs) <= 1:  # one port: the whole queue in one batch
+            port = next(iter(pbs.values())) if pbs else default
+            groups = [(port, q, cs)] if port is not None else []
+        else:
+            by_port: dict[int, tuple[Any, list[bytes], list]] = {}
+            for pkt, c in zip(q, cs):
+                port = pbs.get(_src_of(pkt), default)
+                if port is None:
+                    continue
+                entry = by_port.get(id(port))
+                if entry is None:
+                    by_port[id(port)] = (port, [pkt], [c])
+                else:
+                    entry[1].append(pkt)
+                    entry[2].append(c)
+            groups = list(by_port.values())
+        offload = self._csum_offload
+        for port, pkts, c in groups:
             try:
-                port.send_batch(pkts)
+                if offload:
+                    port.send_batch(pkts, c)
+                else:
+                    port.send_batch(pkts)
             except OSError as exc:
                 log.debug("send_batch failed on %s: %s", port, exc)
         self.counters["tx_packets"] += len(q)
@@ -656,6 +721,7 @@ class Stack:
         wake = self._wake_fd
         timers = self.timers
         host_input = self.host.input
+        input_batch = getattr(self.host, "input_batch", None)
         counters = self.counters
         try:
             while not self._stop:
@@ -664,21 +730,25 @@ class Stack:
                     if fd not in registered:
                         ep.register(fd, select.EPOLLIN)
                         registered[fd] = port
-                with self.lock:
+                with self.lock:  # one hold: a timer added later sees _sleep_until
                     deadline = timers.next_deadline()
-                if self._txq:
-                    timeout = 0.0
-                elif deadline is None:
-                    timeout = 1.0
-                else:
-                    timeout = min(max(deadline - time.monotonic(), 0.0), 1.0)
+                    now = time.monotonic()
+                    if self._txq:
+                        timeout = 0.0
+                    elif deadline is None:
+                        timeout = 1.0
+                    else:
+                        timeout = min(max(deadline - now, 0.0), 1.0)
+                    self._sleep_until = now + timeout
                 try:
                     events = ep.poll(timeout)
                 except InterruptedError:
                     continue
                 with self.lock:
+                    self._sleep_until = 0.0  # awake: call() need not kick
                     now = time.monotonic()
                     counters["loop_iterations"] += 1
+                    batch: list = []
                     for fd, _ in events:
                         if fd == wake:
                             self._kicked = False
@@ -690,21 +760,35 @@ class Stack:
                         port = registered.get(fd)
                         if port is None:
                             continue
-                        try:
-                            batch = port.recv_batch(RX_BATCH)
-                        except OSError as exc:
-                            log.debug("recv_batch failed: %s", exc)
-                            continue
-                        counters["rx_batches"] += 1
+                        # drain several rounds: bigger batches mean fewer ACKs and
+                        # pushes (Host.input_batch) and fewer wakeups
+                        for _ in range(RX_ROUNDS):
+                            try:
+                                got = port.recv_batch(RX_BATCH)
+                            except OSError as exc:
+                                log.debug("recv_batch failed: %s", exc)
+                                break
+                            batch += got
+                            counters["rx_batches"] += 1
+                            if len(got) < RX_BATCH:
+                                break
+                    if batch:
                         counters["rx_packets"] += len(batch)
                         if self.capture is not None:
                             cap_in(self.capture, batch)
-                        for pkt, meta in batch:
+                        if input_batch is not None:
                             try:
-                                host_input(pkt, now, meta)
-                            except Exception:  # malformed: counted and dropped
+                                input_batch(batch, now)
+                            except Exception:  # the host counts bad packets itself
                                 counters["input_errors"] += 1
-                                log.debug("host.input failed", exc_info=True)
+                                log.debug("host.input_batch failed", exc_info=True)
+                        else:
+                            for pkt, meta in batch:
+                                try:
+                                    host_input(pkt, now, meta)
+                                except Exception:  # malformed: counted and dropped
+                                    counters["input_errors"] += 1
+                                    log.debug("host.input failed", exc_info=True)
                     now = time.monotonic()
                     self._set_now(now)
                     timers.run_due(now)

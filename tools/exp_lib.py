@@ -129,7 +129,6 @@ def kserve(port: int, tcp_port: int | None, conns: int, max_time: float, cc: str
             continue
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         if cc:
             ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
         ls.bind(("", p))

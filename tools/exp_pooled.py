@@ -121,8 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, help="bytes per transfer (16 MiB; fast 8 MiB)")
     p.add_argument("--mode", action="append", choices=MODES, help="transfers to run (all)")
     p.add_argument("--retries", type=int, default=1, help="reruns of a transfer over its bound (1)")
+    p.add_argument("--case", action="append", metavar="R1/R2,D1/D2", help="only this case (repeatable)")
     a = p.parse_args(argv)
     todo = [bench.Case(10, 10, 0, 0)] if a.fast else bench.cases()
+    if a.case:
+        todo = []
+        for spec in a.case:
+            try:
+                rates, delays = spec.split(",")
+                r1, r2 = (int(x) for x in rates.split("/"))
+                d1, d2 = (float(x) for x in delays.split("/"))
+            except ValueError:
+                p.error(f"bad --case {spec!r}: write R1/R2,D1/D2 such as 15/5,1/25")
+            todo.append(bench.Case(r1, r2, d1, d2))
     for c in todo:
         c.size = a.size or ((8 << 20) if a.fast else bench.SIZE)
     modes = a.mode or MODES

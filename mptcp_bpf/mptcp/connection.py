@@ -81,6 +81,7 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         self.snd_nxt = 1
         self.snd_wnd_edge = 1 + 65535
         self._reinject: collections.deque = collections.deque()
+        self._has_copies = False      # some subflow holds redundant copies (send.py)
         self._shut_wr = False
         self._fin_sent = False
         self._fin_rel = 0
@@ -197,6 +198,7 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
     def _attach_tcp(self, msf: MpSubflow, tcp: Subflow) -> None:
         msf.tcp = tcp
         tcp.rcv_window_fn = self._rcv_space
+        tcp.defer_ack = self.host._defer   # ACK once per receive batch (Host.input_batch)
         self.host._register_sf(msf)
 
     def start(self, now: float) -> None:

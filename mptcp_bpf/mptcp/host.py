@@ -135,7 +135,8 @@ class Host:
         self._cur_obj: Any = None        # the packet being processed and the fast path's
         self._cur_len = -1               # metadata that came with it (payload sum)
         self._cur_meta: Any = None
-        self._dirty: set[Connection] = set()
+        self._dirty: set[Connection] = set()        # to push at the end of input_batch
+        self._batch: Optional[list] = None          # subflows whose ACK waits (input_batch)
         self._lingering: dict[tuple, Listener] = {}   # closed listeners whose conns live on
 
     def _out(self, pkt: bytes) -> None:
@@ -400,11 +401,47 @@ class Host:
         return csum_partial(piece)
 
     def _after_event(self, c: Connection, now: float) -> None:
-        if not c.closed:
+        if self._batch is not None:
+            self._dirty.add(c)      # pushed once at the end of the batch
+        elif not c.closed:
             c._push(now)
 
+    def input_batch(self, packets: Any, now: float) -> None:
+        """Packets that arrived together (one RX batch): items are packets or (packet,
+        meta) pairs. Each subflow ACKs its in-order data once at the end of the batch
+        (Subflow.defer_ack) and each connection pushes queued data once, instead of per
+        segment. A packet that raises is counted (`input_errors`) and skipped."""
+        due: list[Any] = []
+        self._batch = due
+        try:
+            for item in packets:
+                try:
+                    if type(item) is tuple:
+                        self.input(item[0], now, item[1])
+                    else:
+                        self.input(item, now)
+                except Exception:
+                    self.count("input_errors")
+        finally:
+            self._batch = None
+            self._flush(now)
+            for sf in due:
+                sf.flush_ack(now)
+
+    def _defer(self, sf: Any) -> bool:
+        """Subflow.defer_ack: inside input_batch the ACK waits for the batch's end."""
+        b = self._batch
+        if b is None:
+            return False
+        b.append(sf)
+        return True
+
     def _flush(self, now: float) -> None:
-        pass
+        dirty = self._dirty
+        while dirty:
+            c = dirty.pop()
+            if not c.closed:
+                c._push(now)
 
     def advance(self, now: float) -> int:
         """Run due timers (an owner without its own loop over the TimerWheel calls this)."""

@@ -51,6 +51,9 @@ class SendMixin:
         """Hand chunks to subflows while the scheduler finds room (re-injections first)."""
         if self._pushing or self.closed:
             return
+        if (not self._has_copies and not self._reinject and (not self._shut_wr or self._fin_sent)
+                and self.snd_una + len(self._sndbuf) <= self.snd_nxt):
+            return  # nothing queued (the common case after an input: no work at all)
         self._pushing = True
         try:
             if self.fallback:
@@ -62,9 +65,13 @@ class SendMixin:
             self._pushing = False
 
     def _push_mptcp(self, now: float) -> None:
-        for s in self.subflows:
-            if s.copies:
-                self._flush_copies(s, now)
+        if self._has_copies:
+            left = False
+            for s in self.subflows:
+                if s.copies:
+                    self._flush_copies(s, now)
+                    left = left or bool(s.copies)
+            self._has_copies = left
         if not self._data_ready:
             return
         sched = self.sched
@@ -134,6 +141,7 @@ class SendMixin:
                     sf.reinjected += n
             else:
                 sf.copies.append((rel, n))
+                self._has_copies = True
         return True
 
     def _flush_copies(self, msf: MpSubflow, now: float) -> None:

@@ -975,7 +975,7 @@ def _run(lab: Lab, case: Case) -> Result:
             if pre:
                 pre_ok = throttled(lambda: not _eval(lab, pre, before)[1])
                 lab.run_until(lambda: (pump(), pre_ok())[1], 12)
-            lab.run_until(lambda: (pump(), False)[1], 0.5 + case.hold)
+            lab.run_until(lambda: (pump(), False)[1], (0.5 if case.acts else 0.1) + case.hold)
             lab.armed = True
             for a in case.acts:
                 do_action(lab, c, a)

@@ -38,6 +38,9 @@ CLIENT_ONLY = (KERNEL_CLIENT,)
 BUGS = {
     "SB4": "core bug SB4: the data stalls after our MP_FAIL on the only subflow (the failed "
            "mapping's bytes are dropped though TCP acked them)",
+    "SB6": "core issue SB6: our server sends its ADD_ADDRs back to back; a kernel client drops "
+           "one that arrives while it handles another (AddAddrDrop) and counts the "
+           "retransmission again (PortAdd 3, selftest expects 2)",
 }
 
 
@@ -229,7 +232,7 @@ CASES: list[Case] = [
     # in the selftest) so that a valid checksum was seen first: the kernel then answers
     # with MP_FAIL instead of falling back silently (subflow->valid_csum_seen)
     Case("Infinite map", Ns(checksum=True), Ns(checksum=True), size=64 << 10, corrupt=True,
-         timeout=12,
+         timeout=8,
          tamper=lambda lab: corrupt_nth_data(lab.tamper_out if lab.kside == 1 else lab.tamper_in, 1, 8),
          want_fallback=True,
          expect=chk_join_nr(0, 0, 0, fb_ns1={"DssFallback": 1}, fb_ns2={"InfiniteMapTx": 1})
@@ -261,6 +264,7 @@ CASES: list[Case] = [
 
 XFAIL = {
     "Infinite map": xf("CLIENT", "SB4"),
+    "multiple addresses with port": xf("CLIENT", "SB6"),
 }
 for _c in CASES:
     _c.xfail.update(XFAIL.get(_c.name, {}))
