@@ -90,12 +90,30 @@ class NeighbourCache:
     def next_hop(self, dst: str) -> str:
         """The gateway toward dst through our device, or dst itself when on-link."""
         fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-        try:
-            r = self.ipr.route("get", dst=dst, oif=self.ifindex, family=fam)
-        except Exception:
+        # With source-based policy routing (one table per path's address, as in the lab's
+        # router shape) only a lookup that names our address finds the path's gateway.
+        src = self._local_address(fam)
+        r = None
+        for extra in ({"src": src}, {}) if src else ({},):
+            try:
+                r = self.ipr.route("get", dst=dst, oif=self.ifindex, family=fam, **extra)
+                break
+            except Exception:
+                continue
+        if r is None:
             return dst
         gw = r[0].get_attr("RTA_GATEWAY") if r else None
         return gw or dst
+
+    def _local_address(self, fam: int) -> str | None:
+        """Our device's first global address of `fam`, or None."""
+        try:
+            for msg in self.ipr.get_addr(index=self.ifindex, family=fam):
+                if msg.get("scope", 0) == 0:
+                    return msg.get_attr("IFA_ADDRESS")
+        except Exception:
+            return None
+        return None
 
     def resolve(self, dst: bytes) -> bytes | None:
         """Look the neighbour up now; start kernel resolution when it is missing."""
