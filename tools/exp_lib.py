@@ -348,9 +348,11 @@ def start(lab: Any, node: str, argv: list[str], what: str, ready: str | None = N
 
 
 def start_kserve(lab: Any, port: int = 5201, tcp_port: int | None = None, conns: int = 0,
-                 max_time: float = 120.0, node: str = "server") -> LineProc:
+                 max_time: float = 120.0, node: str = "server", cc: str = "") -> LineProc:
     """Kernel perf server; prints {"accepted": ...} per connection."""
     args = ["kserve", "--port", str(port), "--conns", str(conns), "--max-time", str(max_time)]
+    if cc:
+        args += ["--cc", cc]
     if tcp_port:
         args += ["--tcp-port", str(tcp_port)]
     return start(lab, node, lib_argv(*args), "kernel perf server", '"ready"', timeout=30)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exp_lib as X  # noqa: E402
 
 PORT = 10001
+CC = "cubic"  # the reference run's; the host default (bbr) is not what the selftests use
 MODES = ["kernel<->kernel", "kernel->kernel", "ours->kernel", "kernel->ours"]
 
 
@@ -49,7 +50,7 @@ def one_way(lab: Any, case: Any, mode: str, timeout: float) -> float:
     procs: list[Any] = []
     try:
         if mode == "ours->kernel":
-            srv = X.start_kserve(lab, PORT, conns=1, max_time=timeout + 30)
+            srv = X.start_kserve(lab, PORT, conns=1, max_time=timeout + 30, cc=CC)
             procs.append(srv)
             cl = X.start(lab, "client", X.ours_argv("perf", "-c", dst, "-p", str(PORT), "-n", size, "-J"),
                          "our perf client")
@@ -64,9 +65,9 @@ def one_way(lab: Any, case: Any, mode: str, timeout: float) -> float:
             srv = X.start_ours_server(lab, PORT)
             procs.append(srv)
         else:
-            srv = X.start_kserve(lab, PORT, conns=1, max_time=timeout + 30)
+            srv = X.start_kserve(lab, PORT, conns=1, max_time=timeout + 30, cc=CC)
             procs.append(srv)
-        cl = X.start(lab, "client", X.lib_argv("kclient", dst, "--port", str(PORT), "-n", size),
+        cl = X.start(lab, "client", X.lib_argv("kclient", dst, "--port", str(PORT), "-n", size, "--cc", CC),
                      "kernel perf client")
         procs.append(cl)
         res = cl.finish(timeout)

@@ -272,7 +272,7 @@ class EnhancedMixin:
             ctypes.c_uint.from_address(req.optlen).value = len(data)
             return buf
         if optname == so.MPTCP_INFO:
-            return ret(self._meta_info())
+            return self._mptcp_info(buf)
         raise _err(errno.ENOPROTOOPT)
 
     def _sub_get(self, sf: Any, level: int, optname: int, want: int) -> bytes:
@@ -284,15 +284,47 @@ class EnhancedMixin:
             return so.pack_int(int(getattr(sf.tcp, "tos", 0)))[:want]
         raise _err(errno.ENOPROTOOPT)
 
-    def _meta_info(self) -> bytes:
-        """A struct mptcp_meta_info-like summary: state, retrans, rto, bytes acked/received."""
-        import struct
+    def _mptcp_info(self, buf: bytes | None) -> bytes:
+        """MPTCP_INFO as in the fork: the caller's struct mptcp_info points at its buffers
+        (meta_info, initial, subflows, subflow_info) and gives their lengths; each is filled
+        up to its length and the lengths used are written back."""
+        if buf is None:
+            raise _err(errno.EINVAL, "pass struct mptcp_info (with buffer pointers) as the buffer")
+        self._require_conn(so.MPTCP_INFO)
+        m = so.MptcpInfo.unpack(buf)
+        subs = self._subflows()
+        tcp_len = min(m.tcp_info_len, so.TCP_INFO_SIZE)
+        if m.meta_info and m.meta_len:
+            data = self._meta_info().pack(min(m.meta_len, so.MPTCP_META_INFO_SIZE))
+            ctypes.memmove(m.meta_info, data, len(data))
+            m.meta_len = len(data)
+        initial = next((sf for sf in subs if sf.id == 0), None)
+        if m.initial and tcp_len and initial is not None:
+            ctypes.memmove(m.initial, tcp_info_of(initial.tcp).pack(tcp_len), tcp_len)
+        if m.subflows and tcp_len:
+            data, m.sub_len = so.fill_array(
+                [tcp_info_of(sf.tcp).pack(so.TCP_INFO_SIZE) for sf in subs], tcp_len, m.sub_len)
+            ctypes.memmove(m.subflows, data, len(data))
+        if m.subflow_info and m.sub_info_len:
+            data, m.total_sub_info_len = so.fill_array(
+                [so.SubInfo(so.SockAddr(_ip(sf.local[0]), sf.local[1]),
+                            so.SockAddr(_ip(sf.remote[0]), sf.remote[1])).pack() for sf in subs],
+                min(m.sub_info_len, so.MPTCP_SUB_INFO_SIZE), m.total_sub_info_len)
+            ctypes.memmove(m.subflow_info, data, len(data))
+        return m.pack()[:len(buf)]
+
+    def _meta_info(self) -> so.MptcpMetaInfo:
+        """struct mptcp_meta_info: the connection-level counterpart of tcp_info."""
         c = self._conn
         info = c.info() if c is not None else {}
-        return struct.pack("=4B6IQQ", so.TCP_STATES.get(str(info.get("state", "CLOSE")), 7),
-                           0, 0, 0, 0, 0, 0, 0, 0, 0,
-                           int(info.get("bytes_acked", info.get("bytes_sent", 0)) or 0),
-                           int(info.get("bytes_received", 0) or 0))
+        # data sequence numbers are relative inside the connection: the first byte is 1
+        una, nxt, rcv = (int(info.get(k) or 1) for k in ("snd_una", "snd_nxt", "rcv_nxt"))
+        subs = self._subflows()
+        rto = getattr(subs[0].tcp, "rto", 0) if subs else 0
+        return so.MptcpMetaInfo(
+            state=so.TCP_STATES.get(str(info.get("state", "CLOSE")), 7),
+            rto=int(rto * 1e6), unacked=max(0, nxt - una),
+            bytes_acked=max(0, una - 1), bytes_received=max(0, rcv - 1))
 
     @staticmethod
     def _status(sf: Any) -> so.SubStatus:

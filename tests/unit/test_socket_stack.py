@@ -5,6 +5,7 @@ enhanced socket API (sub ids, tuples, open/close a subflow, TCP_INFO, IP_TOS on 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -269,6 +270,27 @@ def test_enhanced_api(net_factory):
         assert bytes(got) == data
         assert victim not in [s.id for s in cli.sub_ids()]
         assert 0x28 in seen_tos, "IP_TOS set on the subflow never appeared on the wire"
+        # MPTCP_INFO: struct mptcp_info points at our buffers, as in the C example
+        meta = ctypes.create_string_buffer(so.MPTCP_META_INFO_SIZE)
+        subs = ctypes.create_string_buffer(8 * so.TCP_INFO_SIZE)
+        addrs = ctypes.create_string_buffer(8 * so.MPTCP_SUB_INFO_SIZE)
+        req = so.MptcpInfo(tcp_info_len=so.TCP_INFO_SIZE, sub_len=len(subs),
+                           meta_len=len(meta), sub_info_len=so.MPTCP_SUB_INFO_SIZE,
+                           total_sub_info_len=len(addrs), meta_info=ctypes.addressof(meta),
+                           subflows=ctypes.addressof(subs), subflow_info=ctypes.addressof(addrs))
+        out = so.MptcpInfo.unpack(cli.getsockopt(so.SOL_TCP, mptcp_bpf.MPTCP_INFO, req.pack()))
+        live = cli.sub_ids()
+        assert out.meta_len == so.MPTCP_META_INFO_SIZE
+        assert out.sub_len == len(live) * so.TCP_INFO_SIZE
+        assert out.total_sub_info_len == len(live) * so.MPTCP_SUB_INFO_SIZE
+        m = so.MptcpMetaInfo.unpack(meta.raw)
+        assert m.state == so.TCP_STATES["ESTABLISHED"] and m.bytes_acked >= len(data)
+        first_info = so.SubInfo.unpack(addrs.raw[:so.MPTCP_SUB_INFO_SIZE])
+        assert first_info.dst.port == 7100
+        assert so.TcpInfo.unpack(subs.raw[:so.TCP_INFO_SIZE]).snd_mss > 0
+        with pytest.raises(OSError) as ei:
+            cli.getsockopt(so.SOL_TCP, mptcp_bpf.MPTCP_INFO, 4)
+        assert ei.value.errno == errno.EINVAL
     finally:
         for s in (cli, acc, srv):
             s.close()
