@@ -7,13 +7,14 @@ test failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mptcp_bpf.lab import bpfmap, sh, state
 from mptcp_bpf.lab.topology import Lab
@@ -55,6 +56,28 @@ def leftovers(name: str, prog_id: int = 0, timeout: float = 15.0) -> list[str]:
         if bpfmap.prog_exists(prog_id):
             found.append(f"bpf program id {prog_id}")
     return found
+
+
+def remove_and_check(name: str) -> list[str]:
+    """Remove lab `name` and return what it left behind (namespaces, pins, processes, its
+    BPF program): the check every lab test ends with."""
+    found = Lab.find(name)
+    prog = found.state.get("prog_id", 0) if found else 0
+    Lab.remove(name)
+    return leftovers(name, prog)
+
+
+@contextlib.contextmanager
+def checked_lab(name: str, **kwargs: Any) -> Iterator[Lab]:
+    """A lab for one test: a stale one of that name is removed first; on exit the lab is
+    removed and anything left behind fails the test."""
+    Lab.remove(name)
+    made = Lab.up(name, **kwargs)
+    try:
+        yield made
+    finally:
+        problems = remove_and_check(name)
+        assert not problems, f"left behind: {problems}"
 
 
 def py(module: str, *args: str) -> list[str]:

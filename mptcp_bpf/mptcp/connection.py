@@ -106,6 +106,7 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         # signals
         self._announced: dict[int, tuple] = {}
         self._add_addr_pending: dict[int, list] = {}
+        self._add_addr_queue: list[tuple] = []   # (id, address, port) waiting their turn
         # state
         self.state = api.SYN_SENT if role == api.CLIENT else api.SYN_RCVD
         self.connected = False

@@ -13,9 +13,10 @@ from typing import Any
 
 from mptcp_bpf.wire import WireError
 from mptcp_bpf.wire.crypto import join_hmac, key_token_idsn
-from mptcp_bpf.wire.mptcp import (MPC_FLAG_A, MPC_FLAG_H, MpCapable, MpJoinAck, MpJoinSyn,
-                                  MpJoinSynAck, emit, parse_mptcp)
+from mptcp_bpf.wire.mptcp import (MPC_FLAG_A, MPC_FLAG_C, MPC_FLAG_H, MpCapable, MpJoinAck,
+                                  MpJoinSyn, MpJoinSynAck, emit, parse_mptcp)
 
+from . import api
 from .options import mptcp_options, pad4
 from .subflow import SF_ESTABLISHED, SF_PRE, MpSubflow
 
@@ -28,7 +29,10 @@ class HandshakeMixin:
 
     # ------------------------------------------------------------ options we send
     def _mpc_flags(self) -> int:
-        return MPC_FLAG_H | (MPC_FLAG_A if self.csum else 0)
+        f = MPC_FLAG_H | (MPC_FLAG_A if self.csum else 0)
+        if self.role == api.SERVER and self.version == 1 and self.host.config.deny_join_id0:
+            f |= MPC_FLAG_C   # 8684 §3.1: no joins to our initial address+port
+        return f
 
     def _syn_options(self, msf: MpSubflow) -> bytes:
         if msf.join:
@@ -147,6 +151,14 @@ class HandshakeMixin:
         if ack.hmac != want:
             self.host.count("join_ack_hmac_fail")
             self._reset_subflow(msf, "MP_JOIN ACK HMAC mismatch", reason=0)
+            return
+        lim = self.host.config.join_limit
+        if lim is not None and sum(1 for s in self.subflows if s.join and s is not msf
+                                   and (s.active or s.join_verified)) >= lim:
+            # like the kernel's `ip mptcp limits subflow N`: the join is refused at its
+            # third ACK (MPJoinRejected), after the SYN/ACK; reason 3 = prohibited (8684 §3.6)
+            self.host.count("join_rejected")
+            self._reset_subflow(msf, "join limit reached", reason=3)
             return
         msf.join_verified = True
         self._maybe_join_established(msf)

@@ -76,6 +76,8 @@ class HostConfig:
     rcvbuf: int = 4 << 20
     chunk_segments: int = 4        # MSS-sized segments per DSS mapping
     max_conns: int = 4096
+    join_limit: Optional[int] = None   # MP_JOINs a connection accepts (kernel: limits subflow)
+    deny_join_id0: bool = False        # server sets MP_CAPABLE C (allow_join_initial_addr_port=0)
     tcp: dict = field(default_factory=dict)   # SubflowConfig overrides
 
 
@@ -530,6 +532,11 @@ class Host:
             return
         if len(c.subflows) + len(self._pending_joins_of(c)) >= api.MAX_SUBFLOWS:
             self.count("join_limit")
+            self._send_rst_for(p)
+            return
+        if (self.config.deny_join_id0 and c.role == api.SERVER and p.dport == c.local_port
+                and ipaddress.ip_address(p.dst) == c.local_ip):
+            self.count("join_denied_id0")   # we said C (8684 §3.1): not to this address+port
             self._send_rst_for(p)
             return
         local = (p.dst, p.dport)

@@ -48,7 +48,14 @@ class SignalsMixin:
         return True
 
     def announce(self, addr_id: int, address: Any, port: int | None = None) -> None:
+        """Announce an address (8684 §3.4.1). One ADD_ADDR in flight at a time, as the kernel
+        PM does (pm->addr_signal): a kernel peer handles one ADD_ADDR at a time and drops one
+        arriving meanwhile (AddAddrDrop), so the next waits for the echo or the give-up."""
         address = ipaddress.ip_address(address)
+        if self.version == 1 and self._add_addr_pending:
+            self._add_addr_queue = [q for q in self._add_addr_queue if q[0] != addr_id]
+            self._add_addr_queue.append((addr_id, address, port))
+            return
         if self.version == 0:
             sub = AddAddr(addr_id, address, port, None, False, 0)
         else:
@@ -71,18 +78,27 @@ class SignalsMixin:
         p[1] += 1
         if p[1] > ADD_ADDR_RETRIES:
             del self._add_addr_pending[addr_id]
+            self._announce_next()
             return
         self._signal(p[0])
         self._timer(now + ADD_ADDR_TIMEOUT * (1 << p[1]),
                     lambda t, i=addr_id: self._add_addr_timer(i, t))
 
+    def _announce_next(self) -> None:
+        """Send the next queued ADD_ADDR once none is awaiting its echo."""
+        while self._add_addr_queue and not self._add_addr_pending and not self.closed:
+            addr_id, address, port = self._add_addr_queue.pop(0)
+            self.announce(addr_id, address, port)
+
     def remove_addr(self, ids: Iterable[int]) -> None:
         ids = tuple(ids)
         if not ids:
             return
+        self._add_addr_queue = [q for q in self._add_addr_queue if q[0] not in ids]
         for i in ids:
             self._announced.pop(i, None)
             self._add_addr_pending.pop(i, None)
+        self._announce_next()
         doomed = [s for s in self.subflows if s.local_id in ids]
         self._signal(emit(RemoveAddr(ids)), next((s for s in self.subflows
                                                   if s.established and s not in doomed), None))
@@ -111,6 +127,7 @@ class SignalsMixin:
         if a.echo:
             self._add_addr_pending.pop(a.addr_id, None)
             self.host.count("add_addr_echo_rx")
+            self._announce_next()
             return
         if a.version == 1:
             if self.remote_key is None:

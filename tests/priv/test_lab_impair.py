@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mptcp_bpf.lab import Lab
-from mptcp_bpf.lab.testing import finish, leftovers, ping_rtts, py, run, start
+from mptcp_bpf.lab.testing import checked_lab, finish, ping_rtts, py, run, start
 
 pytestmark = pytest.mark.priv
 TRAFFIC = "mptcp_bpf.lab.traffic"
@@ -18,17 +18,8 @@ TRAFFIC = "mptcp_bpf.lab.traffic"
 
 @pytest.fixture
 def lab():
-    name = "mpbl_imp"
-    Lab.remove(name)
-    made = Lab.up(name, paths=2)
-    try:
+    with checked_lab("mpbl_imp", paths=2) as made:
         yield made
-    finally:
-        found = Lab.find(name)
-        prog = found.state.get("prog_id", 0) if found else 0
-        Lab.remove(name)
-        problems = leftovers(name, prog)
-        assert not problems, f"left behind: {problems}"
 
 
 def retry_once(measure, check):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mptcp_bpf.lab import Lab
-from mptcp_bpf.lab.testing import finish, leftovers, py, run, start
+from mptcp_bpf.lab.testing import checked_lab, finish, py, run, start
 
 pytestmark = pytest.mark.priv
 TRAFFIC = "mptcp_bpf.lab.traffic"
@@ -19,17 +19,8 @@ TRAFFIC = "mptcp_bpf.lab.traffic"
 
 @pytest.fixture
 def lab():
-    name = "mpbl_kern"
-    Lab.remove(name)
-    made = Lab.up(name, paths=2)
-    try:
+    with checked_lab("mpbl_kern", paths=2) as made:
         yield made
-    finally:
-        found = Lab.find(name)
-        prog = found.state.get("prog_id", 0) if found else 0
-        Lab.remove(name)
-        problems = leftovers(name, prog)
-        assert not problems, f"left behind: {problems}"
 
 
 def two_subflows(lab: Lab, checksum: bool = False) -> None:

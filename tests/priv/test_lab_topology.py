@@ -13,7 +13,7 @@ import pytest
 
 from mptcp_bpf.errors import HintedError
 from mptcp_bpf.lab import Lab
-from mptcp_bpf.lab.testing import leftovers, ping_rtts
+from mptcp_bpf.lab.testing import leftovers, ping_rtts, remove_and_check
 
 pytestmark = pytest.mark.priv
 
@@ -30,12 +30,7 @@ def make_lab():
         return Lab.up(name, **kwargs)
 
     yield make
-    problems = []
-    for name in made:
-        lab = Lab.find(name)
-        prog = lab.state.get("prog_id", 0) if lab else 0
-        Lab.remove(name)
-        problems += leftovers(name, prog)
+    problems = [p for name in made for p in remove_and_check(name)]
     assert not problems, f"left behind: {problems}"
 
 

@@ -38,9 +38,6 @@ CLIENT_ONLY = (KERNEL_CLIENT,)
 BUGS = {
     "SB4": "core bug SB4: the data stalls after our MP_FAIL on the only subflow (the failed "
            "mapping's bytes are dropped though TCP acked them)",
-    "SB6": "core issue SB6: our server sends its ADD_ADDRs back to back; a kernel client drops "
-           "one that arrives while it handles another (AddAddrDrop) and counts the "
-           "retransmission again (PortAdd 3, selftest expects 2)",
 }
 
 
@@ -264,7 +261,6 @@ CASES: list[Case] = [
 
 XFAIL = {
     "Infinite map": xf("CLIENT", "SB4"),
-    "multiple addresses with port": xf("CLIENT", "SB6"),
 }
 for _c in CASES:
     _c.xfail.update(XFAIL.get(_c.name, {}))

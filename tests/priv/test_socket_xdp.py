@@ -18,6 +18,19 @@ def test_second_stack_on_a_device_names_the_owner():
         first = lab.popen("server", nc_argv("-l", "5000"), stdin=subprocess.PIPE,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
+            # the second stack must start after the first claimed the device, else the
+            # second wins the claim and listens forever
+            dev = lab.devices("server")[0]
+            probe = ("from mptcp_bpf.datapath import loader; "
+                     f"print(loader.FastPath.open_pinned().owner({dev!r}))")
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and first.poll() is None:
+                own = lab.exec("server", [PY, "-c", probe], capture_output=True, text=True,
+                               timeout=60)
+                if own.stdout.strip() == str(first.pid):
+                    break
+                time.sleep(0.5)
+            assert first.poll() is None, first.stderr.read().decode()
             deadline = time.monotonic() + 60
             err = ""
             while time.monotonic() < deadline:

@@ -348,6 +348,56 @@ def test_add_addr_remove_addr():
     assert got_s == data
 
 
+def test_add_addr_one_in_flight_until_echo():
+    """SB6: the next ADD_ADDR waits for the previous one's echo (kernel pm->addr_signal)."""
+    p = Pair(paths=3)
+    c, s = p.connect()
+    p.run(1.0)
+    assert {str(r.address) for r in c.remote_addresses} == set(p.b_addrs)
+    assert p.b.stats["add_addr_tx"] == 2          # no retransmission was needed
+    assert p.b.stats["add_addr_echo_rx"] == 2
+    assert not s._add_addr_pending and not s._add_addr_queue
+    # two more at once: the second is queued until the first is echoed
+    s.announce(20, ipaddress.ip_address("10.0.1.2"), 8080)
+    s.announce(21, ipaddress.ip_address("10.0.2.2"), 8080)
+    assert list(s._add_addr_pending) == [20]
+    assert [q[0] for q in s._add_addr_queue] == [21]
+    p.run(1.0)
+    assert not s._add_addr_pending and not s._add_addr_queue
+    assert {r.id for r in c.remote_addresses} >= {20, 21}
+    assert p.b.stats["add_addr_tx"] == 4
+
+
+def test_add_addr_queue_moves_on_after_give_up():
+    """SB6: an ADD_ADDR never echoed holds the queue only until its timer gives up."""
+    p = Pair(paths=1)
+    c, s = p.connect()
+    p.run(0.5)
+    key = s.remote_key
+    s.remote_key ^= 1  # wrong HMAC: the peer drops it and never echoes
+    s.announce(9, ipaddress.ip_address("10.9.9.9"))
+    s.remote_key = key
+    s.announce(10, ipaddress.ip_address("10.0.1.2"), 8080)
+    assert [q[0] for q in s._add_addr_queue] == [10]
+    p.run(40.0)   # 1 + 2 + 4 + 8 + 16 s of retransmissions, then the next one
+    assert not s._add_addr_queue and not s._add_addr_pending
+    assert any(r.id == 10 for r in c.remote_addresses)
+    assert all(r.id != 9 for r in c.remote_addresses)
+
+
+def test_add_addr_queue_dropped_by_remove_addr():
+    p = Pair(paths=1)
+    c, s = p.connect()
+    p.run(0.5)
+    s.remote_key ^= 1
+    s.announce(9, ipaddress.ip_address("10.9.9.9"))
+    s.announce(10, ipaddress.ip_address("10.0.1.2"), 8080)
+    s.remove_addr([10])
+    assert not s._add_addr_queue
+    s.remove_addr([9])
+    assert not s._add_addr_pending
+
+
 def test_add_addr_bad_hmac_dropped():
     p = Pair(paths=1)
     c, s = p.connect()
