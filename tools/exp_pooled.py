@@ -33,8 +33,8 @@ def per_path_routes(lab: Any) -> None:
     """Routes to the server's subnet through each client path, path 1 preferred (metric).
 
     Kernel lookups keep using path 1 (as the lab's default route) and the source rules;
-    our stack asks for the next hop with the outgoing device only (datapath/neigh.py
-    `route get dst oif`, no source address), which without these finds no gateway on path 2.
+    our stack used to ask for the next hop with the outgoing device only (no source
+    address), which without these found no gateway on path 2 (since fixed; kept, harmless).
     """
     net = lab.addresses("server")[0].rsplit(".", 1)[0] + ".0/24"
     gws = lab.addresses("router")

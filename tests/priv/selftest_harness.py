@@ -182,7 +182,7 @@ class OurSide:
     add_addr_accepted: int = 0    # ip mptcp limits add_addr_accepted N (kernel default 0)
     endpoints: list = field(default_factory=list)
     checksum: bool = False
-    deny_join_id0: bool = False   # net.mptcp.allow_join_initial_addr_port=0 (not supported)
+    deny_join_id0: bool = False   # net.mptcp.allow_join_initial_addr_port=0 (MP_CAPABLE C)
 
 
 class EndpointPm:
@@ -513,7 +513,8 @@ class Lab:
         self.side = side
         self.timers = TimerWheel()
         self.outq: list[bytes] = []
-        self.host = Host(HostConfig(checksum=side.checksum, path_manager="default"),
+        self.host = Host(HostConfig(checksum=side.checksum, path_manager="default",
+                                    join_limit=side.subflows, deny_join_id0=side.deny_join_id0),
                          self.timers, self.outq.append, random.Random())
         ep_ids = {str(ipaddress.ip_address(e.addr)): e.id for e in side.endpoints}
         # endpoints first (their ids as configured, else 1, 2, ... like the kernel), then the

@@ -398,6 +398,31 @@ def test_add_addr_queue_dropped_by_remove_addr():
     assert not s._add_addr_pending
 
 
+def test_join_limit_rejects_at_third_ack():
+    """HostConfig.join_limit (kernel `limits subflow`): joins over it get their SYN/ACK and
+    are reset at the third ACK with MP_TCPRST reason 3; the data still flows."""
+    p = Pair(paths=2, server_cfg={"join_limit": 1})
+    c, s = p.connect()
+    p.run(2.0)
+    assert p.b.stats["join_rejected"] >= 1
+    assert sum(1 for sf in s.subflows if sf.join) == 1
+    data = random.Random(3).randbytes(200_000)
+    got_s, _ = p.transfer(data)
+    assert got_s == data
+
+
+def test_deny_join_id0_sets_flag_c():
+    """HostConfig.deny_join_id0: our SYN/ACK says C (8684 §3.1); the client does not join
+    our initial address+port, other addresses still work."""
+    p = Pair(paths=2, server_cfg={"deny_join_id0": True})
+    c, s = p.connect()
+    p.run(2.0)
+    assert c.no_initial_join
+    assert p.b.stats.get("join_denied_id0", 0) == 0
+    assert all(not (sf.join and str(sf.remote_addr) == p.b_addrs[0]) for sf in c.subflows)
+    assert any(sf.join for sf in c.subflows)
+
+
 def test_add_addr_bad_hmac_dropped():
     p = Pair(paths=1)
     c, s = p.connect()
