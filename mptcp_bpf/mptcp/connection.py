@@ -180,6 +180,12 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         cfg = SubflowConfig(**self.host.config.tcp)
         if family == 6 and "mss" not in self.host.config.tcp:
             cfg.mss = 1440
+        if self.csum and self.version == 1 and "mss" not in self.host.config.tcp:
+            # a kernel peer that falls back after MP_FAIL (8684 §3.7) stops reserving option
+            # space in its MSS but still puts the infinite mapping (DSS + checksum, 28 bytes)
+            # on a full-size segment: it exceeds the MTU, is never sent and the connection
+            # stalls. Advertising 28 bytes less leaves room for it (checksum connections only).
+            cfg.mss -= DSS_OPT_RESERVE
         cfg.rcv_buf = self.rcvbuf_limit
         if not self.fallback:
             cfg.opt_reserve = DSS_OPT_RESERVE
