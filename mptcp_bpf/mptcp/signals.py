@@ -193,10 +193,11 @@ class SignalsMixin:
             return
         if msf.infinite is not None or msf.infinite_base is not None:
             # the answer to our own MP_FAIL (or a repeat): the kernel echoes MP_FAIL and
-            # falls back with its next data (infinite mapping); the stream is 1:1 already
+            # falls back with its next data (infinite mapping); the stream is 1:1 already.
+            # We fall back when that infinite mapping (or a subflow FIN) arrives, not now:
+            # data we sent without DSS before it makes the kernel fall back another way
+            # (DssFallback) and it never sends the infinite mapping (kernel: fail_tout = 0)
             self.host.count("mp_fail_response_rx")
-            if msf.infinite is not None:
-                self._do_fallback("MP_FAIL answered")
             return
         # answer with MP_FAIL as well, as the kernel does (mptcp_pm_mp_fail_received)
         self.host.count("mp_fail_tx")

@@ -35,9 +35,8 @@ SERVER_ONLY = (KERNEL_SERVER,)
 CLIENT_ONLY = (KERNEL_CLIENT,)
 
 # core bugs still open (docs/notes/selftests.md); the cases stay exact and xfail meanwhile
-BUGS = {
-    "SB4": "core bug SB4: after our MP_FAIL on the only subflow the kernel client never "
-           "transmits its data after the infinite mapping (counters match; data stalls)",
+# (none open now: SB1..SB6 are fixed; add "SBn": reason here and a line in XFAIL)
+BUGS: dict[str, str] = {
 }
 
 
@@ -257,8 +256,7 @@ CASES: list[Case] = [
 ]
 
 
-XFAIL = {
-    "Infinite map": xf("CLIENT", "SB4"),
+XFAIL: dict[str, dict] = {
 }
 for _c in CASES:
     _c.xfail.update(XFAIL.get(_c.name, {}))

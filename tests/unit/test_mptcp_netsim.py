@@ -423,6 +423,18 @@ def test_deny_join_id0_sets_flag_c():
     assert any(sf.join for sf in c.subflows)
 
 
+def test_checksum_connections_advertise_room_for_the_infinite_mapping():
+    """With DSS checksums we advertise MSS - 28: a kernel sender that fell back after
+    MP_FAIL (8684 §3.7) reserves no option space but adds the 28-byte infinite mapping."""
+    p = Pair(paths=1, csum=(True, True))
+    c, s = p.connect()
+    assert c.subflows[0].tcp.adv_mss == 1460 - 28
+    assert s.subflows[0].tcp.adv_mss == 1460 - 28
+    q = Pair(paths=1)
+    c2, s2 = q.connect()
+    assert c2.subflows[0].tcp.adv_mss == 1460 and s2.subflows[0].tcp.adv_mss == 1460
+
+
 def test_add_addr_bad_hmac_dropped():
     p = Pair(paths=1)
     c, s = p.connect()
