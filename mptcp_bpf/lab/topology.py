@@ -359,6 +359,16 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _remove_fast_path_pins(ns: str) -> None:
+    """What our stack or `mptcp-bpf load` pinned for a node (one directory per namespace):
+    it would outlive the namespace, whose inode the kernel may hand out again."""
+    from mptcp_bpf.datapath import pins
+    try:
+        pins.remove_dir(pins.pin_dir(ns))
+    except Exception:
+        pass  # no such namespace, or nothing pinned
+
+
 def _teardown(name: str, st: dict[str, Any] | None) -> bool:
     """Kill the lab's processes, delete its namespaces, pins and state; True if any existed."""
     import shutil
@@ -375,6 +385,7 @@ def _teardown(name: str, st: dict[str, Any] | None) -> bool:
     present = [n for n in sorted(names) if sh.netns_exists(n)]
     for n in present:
         _kill_ns_pids(n)
+        _remove_fast_path_pins(n)
     if present:
         sh.ip_batch([f"netns del {n}" for n in present], check=False, force=True)
         found = True
