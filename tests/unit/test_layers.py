@@ -18,7 +18,7 @@ RANKS = {
     "mptcp": 4,
     "sysctl": 5,
     "stack": 6, "control": 6,
-    "socket": 7, "aio": 7, "enhanced": 7,
+    "socket": 7,
     "cli": 9, "__main__": 10, "__init__": 10,
 }
 
