@@ -8,6 +8,7 @@ Functions raise OSError with the kernel's errno.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -89,6 +90,38 @@ def _check_ptr(ptr: int | None, what: str) -> int:
         err = ctypes.get_errno() or errno.EINVAL
         raise OSError(err, f"{os.strerror(err)}: {what}")
     return ptr
+
+
+LIBBPF_DEBUG = 2
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_MESSAGE_MAX = 1 << 20  # the verifier's log comes in one message
+
+
+@contextlib.contextmanager
+def libbpf_messages() -> Iterator[list[str]]:
+    """Collect libbpf's warnings (the verifier's log on a rejected load) while inside.
+
+    libbpf has one process-wide print callback, and bcc (which the lab uses) replaces it
+    with its own, so writing to stderr cannot be relied on: install ours, restore after."""
+    messages: list[str] = []
+    libc = ctypes.CDLL(None)
+    buf = ctypes.create_string_buffer(_MESSAGE_MAX)
+
+    def collect(level: int, fmt: bytes, args: int) -> int:
+        if level != LIBBPF_DEBUG:
+            libc.vsnprintf(buf, _MESSAGE_MAX, fmt, ctypes.c_void_p(args))
+            messages.append(buf.value.decode(errors="replace"))
+        return 0
+
+    callback = _PRINT_FN(collect)
+    l = lib()
+    l.libbpf_set_print.restype = ctypes.c_void_p
+    l.libbpf_set_print.argtypes = [ctypes.c_void_p]
+    old = l.libbpf_set_print(ctypes.cast(callback, ctypes.c_void_p))
+    try:
+        yield messages
+    finally:
+        l.libbpf_set_print(old)
 
 
 class BpfObject:

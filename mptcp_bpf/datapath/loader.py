@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import struct
-import tempfile
 import warnings
 from typing import Iterable
 
@@ -54,22 +53,6 @@ def _require_root() -> None:
                           "run it with sudo, or as root")
 
 
-@contextlib.contextmanager
-def _capture_stderr() -> "contextlib.AbstractContextManager[list[str]]":
-    """Collect what libbpf prints on fd 2 (warnings, the verifier log on failure)."""
-    out: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
-
-
 def load_object(path: str, source: str | None = None) -> bpfsys.BpfObject:
     """Load the compiled fast path (build.object_for: cached per machine) with libbpf,
     its `sysctl` map replaced by the pinned one of `path`. HintedError with the
@@ -80,7 +63,7 @@ def load_object(path: str, source: str | None = None) -> bpfsys.BpfObject:
             elf_path = build.object_for(source or XDP_SOURCE)
             with open(elf_path, "rb") as f:
                 elf = f.read()
-            with _capture_stderr() as err:
+            with bpfsys.libbpf_messages() as err:
                 try:
                     obj = bpfsys.BpfObject(elf, reuse={"sysctl": sysctl_fd})
                 except OSError as exc:
@@ -94,7 +77,7 @@ def load_object(path: str, source: str | None = None) -> bpfsys.BpfObject:
     finally:
         os.close(sysctl_fd)
     if failure is not None:
-        logtext = (err[0] if err else "").strip()
+        logtext = "".join(err).strip()
         tail = "\n".join(logtext.splitlines()[-80:])
         raise HintedError(f"the fast path failed to load: {failure}\n{tail}",
                           "the verifier's log is above; check bpf/mptcp_xdp.bpf.c")
