@@ -6,11 +6,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.all import (
     IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6, IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, raw,
+    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, NoPayload, Raw, raw,
 )
 
 from mptcp_bpf.wire import WireError
@@ -43,6 +43,9 @@ def test_build_parse_against_scapy(addrs, sp, dp, seq, ack, flags, win, payload,
     opts = emit_tcp_options(ts=(1, 2), extra=m.emit(m.Dss(seq, True, ack, True, 1, len(payload), 7)))
     pkt = build_tcp_packet(src, dst, sp, dp, seq, ack, flags, win, opts, payload, tos, ttl)
     s, t = _scapy_tcp(pkt)
+    # on ports scapy binds a dissector to (135: DCE/RPC, ...) it may re-encode our payload as
+    # that protocol: such a comparison would test scapy, not us
+    assume(isinstance(t.payload, (Raw, NoPayload)))
     assert (t.sport, t.dport, t.seq, t.ack, t.window, int(t.flags)) == (sp, dp, seq, ack, win, flags)
     assert bytes(t.payload) == payload
     # scapy recomputes both checksums: they must agree with ours
