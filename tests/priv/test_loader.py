@@ -8,6 +8,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import time
 import sys
 import threading
 import uuid
@@ -178,6 +179,12 @@ def test_claim_names_the_owner(loaded):
     from mptcp_bpf.errors import HintedError
     other = subprocess.Popen(["sleep", "120"])
     try:
+        deadline = time.monotonic() + 10  # until exec: the child is still named "python"
+        while time.monotonic() < deadline:
+            with open(f"/proc/{other.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.01)
         with FastPath.open_pinned(netns=a) as fp:
             fp.claim("va", other.pid)
             assert fp.owner("va") == other.pid
