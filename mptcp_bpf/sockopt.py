@@ -250,32 +250,24 @@ class SubGetsockopt:
     optval: int = 0
     optlen: int = 0
 
+    _layout = _SUB_GETSOCKOPT
+    _option = "MPTCP_SUB_GETSOCKOPT"
+
     def pack(self) -> bytes:
-        return _SUB_GETSOCKOPT.pack(self.id, self.level, self.optname, self.optval, self.optlen)
+        return self._layout.pack(self.id, self.level, self.optname, self.optval, self.optlen)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "SubGetsockopt":
-        check_sub_sockopt_len(len(buf), "MPTCP_SUB_GETSOCKOPT")
-        return cls(*_SUB_GETSOCKOPT.unpack(buf))
+    def unpack(cls, buf: bytes):
+        check_sub_sockopt_len(len(buf), cls._option)
+        return cls(*cls._layout.unpack(buf))
 
 
 @dataclass
-class SubSetsockopt:
+class SubSetsockopt(SubGetsockopt):
     """struct mptcp_sub_setsockopt; optval is a pointer, optlen a plain unsigned."""
 
-    id: int
-    level: int
-    optname: int
-    optval: int = 0
-    optlen: int = 0
-
-    def pack(self) -> bytes:
-        return _SUB_SETSOCKOPT.pack(self.id, self.level, self.optname, self.optval, self.optlen)
-
-    @classmethod
-    def unpack(cls, buf: bytes) -> "SubSetsockopt":
-        check_sub_sockopt_len(len(buf), "MPTCP_SUB_SETSOCKOPT")
-        return cls(*_SUB_SETSOCKOPT.unpack(buf))
+    _layout = _SUB_SETSOCKOPT
+    _option = "MPTCP_SUB_SETSOCKOPT"
 
 
 def check_sub_sockopt_len(optlen: int, option: str = "MPTCP_SUB_GETSOCKOPT") -> None:

@@ -129,12 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         todo = []
         for spec in a.case:
             try:
-                rates, delays = spec.split(",")
-                r1, r2 = (int(x) for x in rates.split("/"))
-                d1, d2 = (float(x) for x in delays.split("/"))
-            except ValueError:
-                p.error(f"bad --case {spec!r}: write R1/R2,D1/D2 such as 15/5,1/25")
-            todo.append(bench.Case(r1, r2, d1, d2))
+                todo.append(bench.parse_case(spec))
+            except ValueError as exc:
+                p.error(str(exc))
     for c in todo:
         c.size = a.size or ((8 << 20) if a.fast else bench.SIZE)
     modes = a.mode or MODES

@@ -66,6 +66,17 @@ class Result:
                 "joins": self.joins, "error": self.error}
 
 
+def parse_case(spec: str) -> Case:
+    """A case written as on the command line, R1/R2,D1/D2 (Mbit/s, ms): 15/5,1/25."""
+    try:
+        rates, delays = spec.split(",")
+        r1, r2 = (int(x) for x in rates.split("/"))
+        d1, d2 = (float(x) for x in delays.split("/"))
+    except ValueError:
+        raise ValueError(f"bad --case {spec!r}: write R1/R2,D1/D2 such as 15/5,1/25") from None
+    return Case(r1, r2, d1, d2)
+
+
 def cases(fast: bool = False) -> list[Case]:
     if fast:
         return [Case(30, 10, 0, 0)]
@@ -210,12 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         todo = []
         for spec in a.case:
             try:
-                rates, delays = spec.split(",")
-                r1, r2 = (int(x) for x in rates.split("/"))
-                d1, d2 = (float(x) for x in delays.split("/"))
-            except ValueError:
-                p.error(f"bad --case {spec!r}: write R1/R2,D1/D2 such as 15/5,1/25")
-            todo.append(Case(r1, r2, d1, d2))
+                todo.append(parse_case(spec))
+            except ValueError as exc:
+                p.error(str(exc))
     for c in todo:
         c.size = a.size
     Lab.remove(a.name)
