@@ -134,6 +134,9 @@ class MptcpSocket(enhanced.EnhancedMixin):
     def _wait(self, pred: Callable[[], bool], deadline: float | None) -> None:
         """Wait (lock held) until pred(); timeout -> socket.timeout; non-blocking handled by caller."""
         while not pred():
+            if self._stack.closed:
+                # a caller blocked in accept/recv/connect must not outlive its stack
+                raise _oserror(errno.ENETDOWN, "the MPTCP stack of this socket was stopped")
             if deadline is None:
                 self._cond.wait(1.0)
             else:

@@ -269,7 +269,7 @@ def test_threads_of_one_process_share_the_namespace_dir(veth):
     a, _, pin = veth
     from mptcp_bpf.datapath import pins
     got = []
-    t = threading.Thread(target=lambda: got.append(pins.pin_dir(a)))
+    t = threading.Thread(target=lambda: got.append(pins.pin_dir(a)), daemon=True)
     t.start()
     t.join(timeout=30)
     assert got == [pin]

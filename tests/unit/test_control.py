@@ -178,7 +178,7 @@ def test_monitor_streams_events(server):
             if len(got) == 3:
                 break
 
-    t = threading.Thread(target=reader)
+    t = threading.Thread(target=reader, daemon=True)
     t.start()
     deadline = time.monotonic() + 60
     while not stack.subs and time.monotonic() < deadline:
@@ -285,7 +285,7 @@ def test_cli_monitor(server, capsys):
                     "sport": 40001, "dport": 80, "backup": 0})
         stack.emit({"type": "closed", "token": CONN["token"]})
 
-    t = threading.Thread(target=feed)
+    t = threading.Thread(target=feed, daemon=True)
     t.start()
     assert main(["monitor", "-n", "3"]) == 0
     t.join(timeout=60)

@@ -267,7 +267,7 @@ def test_send_blocks_until_peer_reads(stack):
                 if not chunk:
                     break
                 got.extend(chunk)
-        t = threading.Thread(target=reader)
+        t = threading.Thread(target=reader, daemon=True)
         t.start()
         cli.sendall(data)
         t.join(10)

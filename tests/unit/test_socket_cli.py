@@ -70,7 +70,7 @@ def test_perf_in_process_json(capsys):
         sargs = parser.parse_args(["perf", "-s", "-1", "-q", "-p", "7500"])
         sargs._stack = net.srv
         rcs = {}
-        t = threading.Thread(target=lambda: rcs.setdefault("srv", sargs.func(sargs)))
+        t = threading.Thread(target=lambda: rcs.setdefault("srv", sargs.func(sargs)), daemon=True)
         t.start()
         cargs = parser.parse_args(["perf", "-c", SRV[0], "-p", "7500", "-n", "1M", "-J",
                                    "-i", "0.2"])

@@ -92,7 +92,7 @@ def transfer(net: Net, size: int, port: int = 7000, reverse: bool = False,
                 result["got"] = h.hexdigest()
                 conn.shutdown(pysocket.SHUT_WR)
 
-    t = threading.Thread(target=server)
+    t = threading.Thread(target=server, daemon=True)
     t.start()
     cli = MptcpSocket(stack=net.cli)
     cli.settimeout(timeout)
@@ -257,7 +257,7 @@ def test_enhanced_api(net_factory):
                 if not chunk:
                     break
                 got.extend(chunk)
-        t = threading.Thread(target=reader)
+        t = threading.Thread(target=reader, daemon=True)
         t.start()
         cli.sendall(data[:300_000])
         victim = [s.id for s in cli.sub_ids() if s.id != first][0]
