@@ -419,3 +419,27 @@ def test_pcap_of_a_transfer_dissects_cleanly(net_factory, tmp_path):
     r = subprocess.run([tshark, "-r", pcap, "-Y", "mptcp", "-T", "fields", "-e", "frame.number"],
                        capture_output=True, text=True, timeout=120)
     assert len(r.stdout.split()) > 10, "no MPTCP packets dissected"
+
+
+def test_blocked_accept_fails_when_the_stack_stops():
+    """A thread blocked in accept() must not outlive its stack (it would hang the process
+    at exit): stopping the stack wakes it with ENETDOWN."""
+    net = Net(cfg(), cfg())
+    srv = MptcpSocket(stack=net.srv)
+    srv.bind(("", 7600))
+    srv.listen()
+    errors: list[OSError] = []
+
+    def blocked() -> None:
+        try:
+            srv.accept()
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=blocked, daemon=True)
+    t.start()
+    time.sleep(0.2)
+    net.close()
+    t.join(10)
+    assert not t.is_alive(), "accept() still blocked after the stack stopped"
+    assert errors and errors[0].errno == errno.ENETDOWN
