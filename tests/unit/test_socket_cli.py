@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import pytest
 
@@ -72,6 +73,9 @@ def test_perf_in_process_json(capsys):
         rcs = {}
         t = threading.Thread(target=lambda: rcs.setdefault("srv", sargs.func(sargs)), daemon=True)
         t.start()
+        deadline = time.monotonic() + 30      # the server thread must listen before we connect
+        while not any(k[1] == 7500 for k in net.srv.host.listeners) and time.monotonic() < deadline:
+            time.sleep(0.01)
         cargs = parser.parse_args(["perf", "-c", SRV[0], "-p", "7500", "-n", "1M", "-J",
                                    "-i", "0.2"])
         cargs._stack = net.cli
