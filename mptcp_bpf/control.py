@@ -54,6 +54,101 @@ class StackLike(Protocol):
         `unsubscribe(callback)` on the stack, when subscribe returns None) is called."""
         ...
 
+    # Optional: changing endpoints and limits (`ip mptcp endpoint|limits`). Arguments come
+    # checked by check_endpoint/check_limits; raise HintedError for what only the stack
+    # knows (unknown or duplicate id, address not on this host).
+    # endpoint_add(address, port, dev, addr_id, flags) -> endpoint dict
+    # endpoint_delete(addr_id, address) -> endpoint dict
+    # endpoint_change(addr_id, address, backup, fullmesh) -> endpoint dict
+    # endpoint_flush() -> [endpoint dict]; set_limits(subflows, add_addr_accepted) -> limits
+
+
+# The kernel refuses more than MPTCP_PM_ADDR_MAX (8) for both; our stack allows 32 subflows
+# per connection (REFERENCE.md §4: the path index bitmask is 32 bits), so `subflows` goes to 32.
+LIMIT_MAX = {"subflows": 32, "add_addr_accepted": 8}
+ENDPOINT_FLAGS = ("signal", "subflow", "backup", "fullmesh")
+LIMIT_NAMES = ("subflows", "add_addr_accepted")
+
+
+def _int_arg(req: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    v = req.get(name)
+    if v is None:
+        return None
+    try:
+        n = int(v)
+        if isinstance(v, bool) or isinstance(v, float) and n != v:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise HintedError(f"{name} must be a number, not {v!r}", f"give {lo}..{hi}") from None
+    if not lo <= n <= hi:
+        raise HintedError(f"{name} {n} is out of range", f"give {lo}..{hi}")
+    return n
+
+
+def check_address(value: Any) -> str:
+    """A unicast IPv4 or IPv6 address, as text."""
+    try:
+        a = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise HintedError(f"bad address {value!r}",
+                          "give an IPv4 or IPv6 address, e.g. 10.0.2.1") from None
+    if a.is_unspecified or a.is_multicast or a.is_loopback:
+        raise HintedError(f"{a} cannot be an endpoint", "give a unicast address of a device")
+    return str(a)
+
+
+def check_endpoint(req: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of endpoint-add, checked as the kernel checks them:
+    {address, port, dev, id, flags}."""
+    if req.get("address") is None:
+        raise HintedError("endpoint add needs an address", "e.g. `endpoint add 10.0.2.1 signal`")
+    flags = req.get("flags") or []
+    if isinstance(flags, str):
+        flags = flags.replace(",", " ").split()
+    if not isinstance(flags, (list, tuple)):
+        raise HintedError("flags must be a list", "e.g. [\"signal\", \"backup\"]")
+    for f in flags:
+        if f == "implicit":
+            raise HintedError("can't create IMPLICIT endpoint",
+                              "implicit endpoints are made by the stack itself")
+        if f not in ENDPOINT_FLAGS:
+            raise HintedError(f"unknown endpoint flag {f!r}", "flags: " + ", ".join(ENDPOINT_FLAGS))
+    flags = [f for f in ENDPOINT_FLAGS if f in flags]
+    if "signal" in flags and "fullmesh" in flags:
+        raise HintedError("flags mustn't have both signal and fullmesh",
+                          "fullmesh applies to subflow endpoints: use `subflow fullmesh`")
+    port = _int_arg(req, "port", 0, 65535) or 0
+    if port and "signal" not in flags:
+        raise HintedError("flags must have signal when using port",
+                          "a port is announced to the peer: add the `signal` flag")
+    dev = req.get("dev")
+    if dev is not None and (not isinstance(dev, str) or not dev or len(dev) > 15):
+        raise HintedError(f"bad device name {dev!r}", "give an interface name, see `ip link`")
+    return {"address": check_address(req["address"]), "port": port, "dev": dev,
+            "id": _int_arg(req, "id", 0, 255), "flags": flags}
+
+
+def check_limits(req: dict[str, Any]) -> dict[str, int]:
+    """The arguments of limits-set: subflows 0..32, add_addr_accepted 0..8."""
+    out: dict[str, int] = {}
+    for name in LIMIT_NAMES:
+        v = req.get(name)
+        if v is None:
+            continue
+        n = _int_arg({name: v}, name, -(1 << 31), 1 << 31)
+        assert n is not None
+        top = LIMIT_MAX[name]
+        if n > top:
+            raise HintedError(f"{name} {n}: limit greater than maximum ({top})",
+                              f"{name} takes 0..{top}")
+        if n < 0:
+            raise HintedError(f"{name} {n}: a limit cannot be negative", f"give 0..{top}")
+        out[name] = n
+    if not out:
+        raise HintedError("limits set needs subflows or add_addr_accepted",
+                          "e.g. `limits set subflows 2 add_addr_accepted 2`")
+    return out
+
 
 def ctl_dir() -> str:
     return os.environ.get("MPTCP_BPF_CTL_DIR", DEFAULT_DIR)
@@ -291,10 +386,66 @@ class ControlServer:
         return self.dispatch(self.stack.stats)
 
     def _cmd_endpoints(self, req: dict[str, Any]) -> Any:
-        return self.dispatch(self.stack.endpoints)
+        eps = self.dispatch(self.stack.endpoints)
+        want = _int_arg(req, "id", 0, 255)
+        if want is None:
+            return eps
+        eps = [e for e in eps if e.get("id") == want]
+        if not eps:
+            raise HintedError(f"no endpoint with id {want}",
+                              "list the endpoints with `mptcp-bpf endpoint show`")
+        return eps
 
     def _cmd_limits(self, req: dict[str, Any]) -> Any:
         return self.dispatch(self.stack.limits)
+
+    def _changer(self, name: str) -> Callable[..., Any]:
+        fn = getattr(self.stack, name, None)
+        if not callable(fn):
+            raise HintedError("this stack does not change endpoints or limits",
+                              "it only reports them; start it with mptcp_bpf.stack.Stack")
+        return fn
+
+    def _cmd_endpoint_add(self, req: dict[str, Any]) -> Any:
+        ep = check_endpoint(req)
+        fn = self._changer("endpoint_add")
+        return self.dispatch(lambda: fn(ep["address"], ep["port"], ep["dev"], ep["id"] or None,
+                                        ep["flags"]))
+
+    def _cmd_endpoint_delete(self, req: dict[str, Any]) -> Any:
+        addr_id = _int_arg(req, "id", 0, 255)
+        if addr_id is None:
+            raise HintedError("endpoint delete needs an id", "e.g. `endpoint delete id 3`")
+        address = check_address(req["address"]) if req.get("address") is not None else None
+        fn = self._changer("endpoint_delete")
+        return self.dispatch(lambda: fn(addr_id, address))
+
+    def _cmd_endpoint_change(self, req: dict[str, Any]) -> Any:
+        addr_id = _int_arg(req, "id", 0, 255)
+        address = check_address(req["address"]) if req.get("address") is not None else None
+        if addr_id is None and address is None:
+            raise HintedError("endpoint change needs an id or an address",
+                              "e.g. `endpoint change id 3 backup`")
+        flags = {}
+        for name in ("backup", "fullmesh"):
+            v = req.get(name)
+            if v is not None and not isinstance(v, bool):
+                raise HintedError(f"{name} must be true or false, not {v!r}")
+            flags[name] = v
+        if flags["backup"] is None and flags["fullmesh"] is None:
+            raise HintedError("endpoint change needs a flag to set",
+                              "backup, nobackup, fullmesh or nofullmesh")
+        fn = self._changer("endpoint_change")
+        return self.dispatch(lambda: fn(addr_id, address, flags["backup"], flags["fullmesh"]))
+
+    def _cmd_endpoint_flush(self, req: dict[str, Any]) -> Any:
+        fn = self._changer("endpoint_flush")
+        return self.dispatch(fn)
+
+    def _cmd_limits_set(self, req: dict[str, Any]) -> Any:
+        lim = check_limits(req)
+        fn = self._changer("set_limits")
+        return self.dispatch(lambda: fn(lim.get("subflows"), lim.get("add_addr_accepted")))
 
     def _cmd_plugin_get(self, req: dict[str, Any]) -> Any:
         table = plugin_table()
@@ -319,7 +470,8 @@ class ControlServer:
 
 
 COMMANDS = ("hello", "conns", "subflows", "stats", "endpoints", "limits", "plugin-get",
-            "plugin-set", "monitor")
+            "plugin-set", "monitor", "endpoint-add", "endpoint-delete", "endpoint-change",
+            "endpoint-flush", "limits-set")
 
 
 def _alive(path: str) -> bool:

@@ -38,6 +38,11 @@ RX_ROUNDS = 4  # recv_batch calls per ready port and wakeup: up to 256 packets p
 _PARTIAL_V4 = (20, 16)  # (csum_start, csum_offset) from the IP header: TcpBuilder's v4
 _PARTIAL_V6 = (40, 16)  # and v6 packets carry no IP options / extension headers
 
+# ip mptcp's flag order; defaults the stack starts with (MAX_SUBFLOWS, 8 addresses per
+# family: REFERENCE.md §4); `limits set` takes subflows 0..32, add_addr_accepted 0..8
+ENDPOINT_FLAGS = ("signal", "subflow", "backup", "fullmesh")
+DEFAULT_LIMITS = {"subflows": 32, "add_addr_accepted": 8}
+
 # host counter -> the kernel's MPTcpExt MIB name (`mptcp-bpf stats` shows both)
 MIB_NAMES = {
     "mpc_syn_rx": "MPCapableSYNRX", "fallback_syn": "MPCapableFallbackSYN",
@@ -292,6 +297,8 @@ class Stack:
         self._fp_ids: dict[tuple, int] = {}
         self._fp_next = 0
         self._deferred_unlisten: set[tuple] = set()
+        self._fp_listeners: set[tuple] = set()   # (family, ip, port) we put in the fast path
+        self._addr_dev: dict[str, str | None] = {}   # endpoint address -> its device
         self.counters: dict[str, int] = {"rx_packets": 0, "tx_packets": 0, "rx_batches": 0,
                                          "loop_iterations": 0, "input_errors": 0}
         self.capture = None
@@ -445,6 +452,7 @@ class Stack:
             port = self.ports[0]
         if port is not None:
             self._port_by_src[packed] = port
+            self._addr_dev[str(ipaddress.ip_address(ip))] = getattr(port, "ifname", None)
         with self.lock:
             try:
                 self.host.add_address(ip, addr_id=addr_id) if addr_id is not None \
@@ -556,7 +564,9 @@ class Stack:
             try:
                 if add:
                     fp.add_listener(fam, ip, port)
+                    self._fp_listeners.add((fam, ip, port))
                 else:
+                    self._fp_listeners.discard((fam, ip, port))
                     fp.remove_listener(fam, ip, port)
             except Exception as exc:
                 log.warning("fast path: cannot %s listener %s: %s",
@@ -620,21 +630,178 @@ class Stack:
                     pass
             return st
 
-    def endpoints(self) -> list[dict]:
+    # --- endpoints and limits: `mptcp-bpf endpoint|limits`, as `ip mptcp` -----------
+    # Arguments arrive checked by control.check_endpoint/check_limits (same rank: not
+    # importable here); what only the stack knows (ids, addresses, devices) is checked here.
+    def endpoints(self, addr_id: int | None = None) -> list[dict]:
         with self.lock:
-            out = []
-            for a in getattr(self.host, "addresses", None) or ():
-                addr = getattr(a, "address", a)
-                out.append({"id": getattr(a, "id", None), "address": str(addr),
-                            "flags": ["signal", "subflow"] + (["backup"] if getattr(
-                                a, "backup", False) else []), "port": getattr(a, "port", 0)})
-            return out
+            return [self._endpoint_row(a) for a in getattr(self.host, "addresses", None) or ()
+                    if addr_id is None or a.id == addr_id]
+
+    def _endpoint_row(self, a: Any) -> dict:
+        """Flags as ip mptcp prints them; addresses found on devices (`auto`) are announced
+        by servers and joined from by clients: shown as signal and subflow."""
+        flags = getattr(a, "flags", None)
+        have = {"signal", "subflow"} if flags is None else set(flags)
+        if getattr(a, "backup", False):
+            have.add("backup")
+        return {"id": a.id, "address": str(a.address), "port": getattr(a, "port", 0) or 0,
+                "flags": [f for f in ENDPOINT_FLAGS if f in have],
+                "dev": self._addr_dev.get(str(a.address)), "auto": flags is None}
+
+    def _endpoint_of(self, addr_id: int | None, address: str | None = None) -> Any:
+        import ipaddress
+        want = ipaddress.ip_address(address) if address else None
+        if addr_id is None and want is None:
+            raise HintedError("which endpoint?", "name it: `id ID` or its address")
+        for la in self.host.addresses:
+            if (addr_id is None or la.id == addr_id) and (want is None or la.address == want):
+                return la
+        what = f"id {addr_id}" if addr_id is not None else str(address)
+        raise HintedError(f"endpoint {what} not found (address not found)",
+                          "list the endpoints with `mptcp-bpf endpoint show`")
+
+    def _endpoint_port(self, address: str, dev: str | None) -> Any:
+        """The port packets from `address` leave through; the address must be on this host
+        and on (or `dev` must be) a device the stack runs on."""
+        if not self.devices:  # in-process ports (tests): no devices to check against
+            return self.ports[0] if self.ports else None
+        on = address_device(address)
+        if on is None:
+            raise HintedError(f"{address} is not an address of this host",
+                              f"add it to a device first (`ip addr add {address}/24 dev "
+                              f"{dev or self.devices[0]}`) or use one `ip addr` lists")
+        use = dev or on
+        for p in self.ports:
+            if getattr(p, "ifname", None) == use:
+                return p
+        raise HintedError(f"the stack does not run on {use}",
+                          f"it runs on {', '.join(self.devices)}: use an address of one of "
+                          "them, or name one with `dev`")
+
+    def endpoint_add(self, address: str, port: int = 0, dev: str | None = None,
+                     addr_id: int | None = None, flags: Iterable[str] = ()) -> dict:
+        """`ip mptcp endpoint add`: path managers of live connections announce it
+        (`signal`) or join from it (`subflow`) at once."""
+        import ipaddress
+        a = ipaddress.ip_address(address)
+        fl = set(flags)
+        backup = "backup" in fl
+        fl.discard("backup")
+        xport = self._endpoint_port(str(a), dev)   # netlink: outside the stack lock
+
+        def add() -> dict:
+            fam = sum(1 for la in self.host.addresses if la.address.version == a.version)
+            for la in self.host.addresses:
+                if la.address == a:
+                    raise HintedError(f"endpoint {a} already exists (id {la.id})",
+                                      "delete it first, or change its backup/fullmesh "
+                                      f"flags: `mptcp-bpf endpoint change id {la.id} backup`")
+                if addr_id and la.id == addr_id:
+                    raise HintedError(f"endpoint id {addr_id} is in use ({la.address})",
+                                      "pick another id, or leave `id` out to get a free one")
+            if fam >= 8:
+                raise HintedError(f"too many IPv{a.version} endpoints (8 at most)",
+                                  "delete one first (`mptcp-bpf endpoint delete id N`)")
+            if port:
+                try:
+                    self.reservations.reserve(a.version, port, str(a))
+                except OSError as exc:
+                    raise HintedError(f"cannot use port {port} on {a}: {exc.strerror}",
+                                      "pick a free port") from None
+                self._on_listen(a.version, a.packed, port, True)
+            if xport is not None:
+                self._port_by_src[a.packed] = xport
+            self._addr_dev[str(a)] = dev or getattr(xport, "ifname", None)
+            la = self.host.add_address(str(a), addr_id=addr_id or None, backup=backup,
+                                       port=port, flags=frozenset(fl))
+            row = self._endpoint_row(la)
+            self._endpoint_event("endpoint_added", row)
+            return row
+        return self.call(add)
+
+    def endpoint_delete(self, addr_id: int, address: str | None = None) -> dict:
+        """`ip mptcp endpoint delete`: REMOVE_ADDR and the subflows using it closed, on
+        every live connection (8684 §3.4.2, through the path managers)."""
+        if addr_id == 0:
+            raise HintedError("id 0 names each connection's initial address: this stack "
+                              "does not delete it", "delete an endpoint by its own id "
+                              "(`mptcp-bpf endpoint show`)")
+
+        def delete() -> dict:
+            la = self._endpoint_of(addr_id)
+            if address is not None and self._endpoint_of(None, address) is not la:
+                raise HintedError(f"endpoint id {addr_id} is {la.address}, not {address}",
+                                  "give the id alone, as `endpoint show` lists it")
+            row = self._endpoint_row(la)
+            self.host.remove_address(str(la.address))
+            if la.port:
+                self.reservations.release(la.address.version, la.port)
+                self._on_listen(la.address.version, la.address.packed, la.port, False)
+            self._endpoint_event("endpoint_removed", row)
+            return row
+        return self.call(delete)
+
+    def endpoint_change(self, addr_id: int | None = None, address: str | None = None,
+                        backup: bool | None = None, fullmesh: bool | None = None) -> dict:
+        """`ip mptcp endpoint change`: backup sends MP_PRIO on the subflows using the
+        address (8684 §3.3.8); fullmesh makes clients join it to every peer address."""
+        def change() -> dict:
+            la = self._endpoint_of(addr_id, address)
+            flags = getattr(la, "flags", None)
+            new = None
+            if fullmesh is not None:
+                if fullmesh and (flags is None or "signal" in flags):
+                    raise HintedError(f"endpoint id {la.id} is a signal endpoint: flags "
+                                      "mustn't have both signal and fullmesh (invalid flags)",
+                                      "add a `subflow` endpoint for the address instead")
+                base = set(flags or ())
+                new = frozenset(base | {"fullmesh"} if fullmesh else base - {"fullmesh"})
+                if flags is None and not fullmesh:
+                    new = None   # an address found on a device is not fullmesh-flagged
+            self.host.change_address(la, backup=backup, flags=new)
+            row = self._endpoint_row(la)
+            self._endpoint_event("endpoint_changed", row)
+            return row
+        return self.call(change)
+
+    def endpoint_flush(self) -> list[dict]:
+        """`ip mptcp endpoint flush`: every endpoint deleted (its signals sent)."""
+        with self.lock:
+            ids = [la.id for la in self.host.addresses]
+        out = []
+        for i in ids:
+            try:
+                out.append(self.endpoint_delete(i))
+            except HintedError:   # deleted meanwhile by another request
+                pass
+        return out
+
+    def _endpoint_event(self, kind: str, row: dict) -> None:
+        """A monitor event for an endpoint change (flags as ip prints them: a,b)."""
+        self._on_event(dict(row, type=kind, flags=",".join(row["flags"])))
 
     def limits(self) -> dict:
-        lim = getattr(self.host, "limits", None)
-        if callable(lim):
-            return dict(lim())
-        return {"subflows": 32, "add_addr_accepted": 8}
+        cfg = getattr(self.host, "config", None)
+        sub = getattr(cfg, "join_limit", None)
+        acc = getattr(cfg, "add_addr_accepted", None)
+        return {"subflows": DEFAULT_LIMITS["subflows"] if sub is None else sub,
+                "add_addr_accepted": DEFAULT_LIMITS["add_addr_accepted"] if acc is None else acc}
+
+    def set_limits(self, subflows: int | None = None,
+                   add_addr_accepted: int | None = None) -> dict:
+        """`ip mptcp limits set`: additional subflows per connection (joins opened by the
+        path manager and accepted by the host) and ADD_ADDRs used; new decisions only."""
+        def set_() -> dict:
+            cfg = self.host.config
+            if subflows is not None:
+                cfg.join_limit = int(subflows)
+            if add_addr_accepted is not None:
+                cfg.add_addr_accepted = int(add_addr_accepted)
+            lim = self.limits()
+            self._on_event(dict(lim, type="limits_set"))
+            return lim
+        return self.call(set_)
 
     # ----------------------------------------------------------------- the loop
     def start(self) -> None:
@@ -692,14 +859,21 @@ class Stack:
             groups = [(port, q, cs)] if port is not None else []
         else:
             by_port: dict[int, tuple[Any, list[bytes], list]] = {}
+            last = None
+            entry = None
             for pkt, c in zip(q, cs):
-                port = pbs.get(_src_of(pkt), default)
-                if port is None:
-                    continue
-                entry = by_port.get(id(port))
-                if entry is None:
-                    by_port[id(port)] = (port, [pkt], [c])
-                else:
+                # a subflow's burst shares its source: look the port up once per run
+                src = pkt[12:16] if pkt[0] >> 4 == 4 else pkt[8:24]
+                if src != last:
+                    last = src
+                    port = pbs.get(bytes(src), default)
+                    if port is None:
+                        entry = None
+                    else:
+                        entry = by_port.get(id(port))
+                        if entry is None:
+                            entry = by_port[id(port)] = (port, [], [])
+                if entry is not None:
                     entry[1].append(pkt)
                     entry[2].append(c)
             groups = list(by_port.values())
@@ -822,6 +996,7 @@ class Stack:
             except Exception:
                 pass
         if self.fastpath is not None:
+            self._forget_fast_path_entries()
             for dev in self._claimed:
                 try:
                     self.fastpath.release(dev)
@@ -844,6 +1019,25 @@ class Stack:
             pass
         if Stack._instance is self:
             Stack._instance = None
+
+    def _forget_fast_path_entries(self) -> None:
+        """Remove the listeners and subflows this stack put in the fast path. A pinned fast
+        path outlives us: left behind, they steer SYNs and segments of a later kernel socket
+        on the same port to our closed XDP socket (it then never sees a connection)."""
+        fp = self.fastpath
+        for fam, ip, port in list(self._fp_listeners):
+            try:
+                fp.remove_listener(fam, ip, port)
+            except Exception as exc:
+                log.debug("fast path: cannot remove listener %s: %s", port, exc)
+        self._fp_listeners.clear()
+        self._deferred_unlisten.clear()
+        for lip, lport, rip, rport in list(self._fp_ids):
+            try:
+                fp.remove_subflow(6 if len(lip) == 16 else 4, lip, lport, rip, rport)
+            except Exception as exc:
+                log.debug("fast path: cannot remove subflow: %s", exc)
+        self._fp_ids.clear()
 
     def __enter__(self) -> "Stack":
         return self
@@ -891,6 +1085,21 @@ def device_addresses(dev: str) -> list[str]:
             elif msg["family"] == _socket.AF_INET6 and msg["scope"] == 0:
                 out6.append(addr)
     return out4 + out6
+
+
+def address_device(address: str) -> str | None:
+    """The device of this namespace that carries `address` (pyroute2), or None."""
+    import ipaddress
+    from pyroute2 import IPRoute
+    want = ipaddress.ip_address(address)
+    fam = _socket.AF_INET if want.version == 4 else _socket.AF_INET6
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=fam):
+            got = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if got and ipaddress.ip_address(got) == want:
+                links = ipr.get_links(msg["index"])
+                return links[0].get_attr("IFLA_IFNAME") if links else None
+    return None
 
 
 def default_devices() -> list[str]:

@@ -1,19 +1,26 @@
 """The reference run: the kernel selftests' simultaneous-flows cases on our lab.
 
-Shape as in tools/testing/selftests/net/mptcp/simult_flows.sh: client -- 2 paths -- router --
+As tools/testing/selftests/net/mptcp/simult_flows.sh does it: client -- 2 paths -- router --
 server; path i shaped to rate_i and one-way delay_i in both directions; the client has a
-`subflow` endpoint on path 2, limits 1/1 on both ends; 16 MiB go each way at the same time.
-A case passes when it completes within size*8*10/9/(rate1+rate2) + 450 ms.
+`subflow` endpoint on path 2 (bound to its device), limits 1/1 on both ends, default socket
+buffers (autotuning). Each case is two transfers, as the selftest's "X" and "X - reverse
+direction": 16 MiB from the server while the client sends 80 KiB, then 16 MiB from the client
+while the server sends 80 KiB, each end as mptcp_connect -j (100 bytes, 200 ms for the MP_JOIN,
+then the rest) and timed from its established socket until both directions are done. A
+transfer passes when both ends finish within size*8*10/9/(rate1+rate2) + 450 ms (the
+selftest's 400 ms for the two join sleeps plus its 50 ms slack); a case passes when both do.
+`--both-ways` instead sends 16 MiB each way at the same time (harder than the selftest).
 
 Either end can be replaced with a command (`--server-cmd`, `--client-cmd`; placeholders
-{addr} {port} {size} {bind} {ns}) or a Python hook (`Case`-level `run_case(..., hooks=)`), so
-our stack can later run the same cases.
+{addr} {port} {size} {bind} {ns}) or a Python hook (`run_case(..., hook=)`), so our stack can
+run the same cases.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -27,8 +34,17 @@ from mptcp_bpf.lab.topology import Lab
 RATES = [(10, 10), (15, 5), (30, 10)]
 DELAYS = [(0, 0), (1, 25), (25, 1)]
 SIZE = 16 * 1024 * 1024
-SLACK = 0.45
+SMALL = 20 * 4096  # the selftest's small file: what the other end sends meanwhile
+SLACK = 0.45       # simult_flows.sh: 400 ms for mptcp_connect -j's sleeps + 50 ms slack
 PORT = 10000
+_port = PORT
+
+
+def _next_port() -> int:
+    """A new port per transfer, as the selftest (10000 + test count): no TIME-WAIT reuse."""
+    global _port
+    _port = PORT + 1 if _port >= PORT + 5000 else _port + 1
+    return _port
 
 
 @dataclass
@@ -58,12 +74,17 @@ class Result:
     attempts: list[float] = field(default_factory=list)
     error: str = ""
     joins: int = 0  # MP_JOINs the server completed (MPJoinAckRx), over all attempts
+    times: dict[str, float] = field(default_factory=dict)  # per transfer of the best attempt
+    diag: dict[str, int] = field(default_factory=dict)  # counter deltas, both ends, all attempts
 
     def row(self) -> dict[str, Any]:
-        return {"case": self.case.label, **asdict(self.case), "time": None if self.elapsed == float("inf") else round(self.elapsed, 3),
+        def r3(x: float) -> float | None:
+            return None if x == float("inf") else round(x, 3)
+        return {"case": self.case.label, **asdict(self.case), "time": r3(self.elapsed),
+                "times": {k: r3(v) for k, v in self.times.items()},
                 "bound": round(self.case.bound, 3), "pooled": round(self.pooled, 3), "ok": self.ok,
-                "attempts": [None if a == float("inf") else round(a, 3) for a in self.attempts],
-                "joins": self.joins, "error": self.error}
+                "attempts": [r3(a) for a in self.attempts],
+                "joins": self.joins, "diag": self.diag, "error": self.error}
 
 
 def parse_case(spec: str) -> Case:
@@ -107,13 +128,17 @@ def shape(lab: Lab, case: Case, limit: int | None = None, queue_ms: float | None
 Hook = Callable[[Lab, Case], float]
 
 
-def _default_transfer(lab: Lab, case: Case, timeout: float, cc: str) -> float:
-    server = start(lab, "server", "mptcp_bpf.lab.traffic", "serve", "--port", str(PORT),
-                   "--size", str(case.size), "--timeout", str(timeout), "--cc", cc, "--rt")
+def _pair(lab: Lab, timeout: float, cc: str, client_send: int, server_send: int,
+          join_wait: bool, rt: bool = True) -> float:
+    """One connection; each end sends its bytes while reading to EOF. The slower end's time."""
+    port = str(_next_port())
+    extra = (["--join-wait"] if join_wait else []) + (["--rt"] if rt else [])
+    server = start(lab, "server", "mptcp_bpf.lab.traffic", "serve", "--port", port,
+                   "--size", str(server_send), "--timeout", str(timeout), "--cc", cc, *extra)
     try:
         client = lab.popen("client", py("mptcp_bpf.lab.traffic", "connect", lab.addresses("server")[0],
-                                        "--port", str(PORT), "--size", str(case.size),
-                                        "--timeout", str(timeout), "--cc", cc, "--rt"),
+                                        "--port", port, "--size", str(client_send),
+                                        "--timeout", str(timeout), "--cc", cc, *extra),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         res = finish(client, timeout + 10)
         srv = finish(server, 30)
@@ -121,14 +146,28 @@ def _default_transfer(lab: Lab, case: Case, timeout: float, cc: str) -> float:
         if server.poll() is None:
             server.kill()
             server.wait(10)
-    if res["received"] != case.size or srv["received"] != case.size:
-        raise RuntimeError(f"short transfer: client got {res['received']}, server got {srv['received']}")
-    return float(res["elapsed"])
+    if res["received"] != server_send or srv["received"] != client_send:
+        raise RuntimeError(f"short transfer: client got {res['received']}/{server_send}, "
+                           f"server got {srv['received']}/{client_send}")
+    return max(float(res["elapsed"]), float(srv["elapsed"]))
+
+
+def _default_transfer(lab: Lab, case: Case, timeout: float, cc: str,
+                      both_ways: bool = False, rt: bool = True) -> dict[str, float]:
+    """The selftest's two transfers of a case (down: 16 MiB to the client, up: to the server),
+    or with `both_ways` one transfer of `size` each way at once. Seconds per transfer.
+    `rt`: both ends SCHED_FIFO, so other work on a shared machine cannot delay them."""
+    if both_ways:
+        return {"both": _pair(lab, timeout, cc, case.size, case.size, False, rt)}
+    times = {"down": _pair(lab, timeout, cc, SMALL, case.size, True, rt)}
+    times["up"] = _pair(lab, timeout, cc, case.size, SMALL, True, rt)
+    return times
 
 
 def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: str | None,
                       timeout: float, cc: str) -> float:
-    fmt = {"addr": lab.addresses("server")[0], "port": PORT, "size": case.size,
+    port = _next_port()
+    fmt = {"addr": lab.addresses("server")[0], "port": port, "size": case.size,
            "bind": lab.addresses("client")[0]}
     server = None
     if server_cmd:
@@ -136,7 +175,7 @@ def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: 
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)  # let it listen
     else:
-        server = start(lab, "server", "mptcp_bpf.lab.traffic", "serve", "--port", str(PORT),
+        server = start(lab, "server", "mptcp_bpf.lab.traffic", "serve", "--port", str(port),
                        "--size", str(case.size), "--timeout", str(timeout), "--cc", cc, "--rt")
     try:
         if client_cmd:
@@ -150,7 +189,7 @@ def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: 
                 if line.startswith("{") and '"elapsed"' in line:
                     return float(json.loads(line)["elapsed"])
             return wall
-        client = lab.popen("client", py("mptcp_bpf.lab.traffic", "connect", fmt["addr"], "--port", str(PORT),
+        client = lab.popen("client", py("mptcp_bpf.lab.traffic", "connect", fmt["addr"], "--port", str(port),
                                         "--size", str(case.size), "--timeout", str(timeout), "--cc", cc, "--rt"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return float(finish(client, timeout + 10)["elapsed"])
@@ -160,42 +199,70 @@ def _command_transfer(lab: Lab, case: Case, server_cmd: str | None, client_cmd: 
             server.wait(10)
 
 
-def run_case(lab: Lab, case: Case, retries: int = 1, server_cmd: str | None = None,
+DIAG = ("TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes", "MPTcpExtMPJoinAckRx",
+        "MPTcpExtMPTCPRetrans", "MPTcpExtDuplicateData")
+
+
+def _counters(lab: Lab) -> dict[str, int]:
+    """DIAG counters (nstat names) summed over both ends: RTOs, re-injections, duplicates."""
+    out = dict.fromkeys(DIAG, 0)
+    for node in ("client", "server"):
+        every = lab.nstat(node, "")
+        for name in DIAG:
+            out[name] += every.get(name, 0)
+    return out
+
+
+def run_case(lab: Lab, case: Case, retries: int = 0, server_cmd: str | None = None,
              client_cmd: str | None = None, hook: Hook | None = None, limit: int | None = None,
-             cc: str = "cubic", queue_ms: float | None = None) -> Result:
-    """Shape the paths for `case`, run the transfer (retried `retries` times if over the bound)."""
+             cc: str = "cubic", queue_ms: float | None = None, both_ways: bool = False,
+             rt: bool = True) -> Result:
+    """Shape the paths for `case` and run it; rerun it `retries` times if over the bound
+    (the selftest itself never reruns: 0 mirrors it)."""
     shape(lab, case, limit, queue_ms)
     timeout = max(60.0, case.bound * 6)
     attempts: list[float] = []
+    best_times: dict[str, float] = {}
     error = ""
+    c0 = _counters(lab)
     joins0 = lab.nstat("server").get("MPJoinAckRx", 0)
     for _ in range(retries + 1):
+        times: dict[str, float] = {}
         try:
             if hook:
-                elapsed = hook(lab, case)
+                times = {"hook": hook(lab, case)}
             elif server_cmd or client_cmd:
-                elapsed = _command_transfer(lab, case, server_cmd, client_cmd, timeout, cc)
+                times = {"cmd": _command_transfer(lab, case, server_cmd, client_cmd, timeout, cc)}
             else:
-                elapsed = _default_transfer(lab, case, timeout, cc)
+                times = _default_transfer(lab, case, timeout, cc, both_ways, rt)
+            elapsed = max(times.values())
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
             error = str(exc)[:300]
             elapsed = float("inf")
         attempts.append(elapsed)
+        if elapsed <= min(attempts[:-1], default=float("inf")):
+            best_times = times
         if elapsed <= case.bound:
             break
         time.sleep(1.0)  # let queues drain before the retry
     best = min(attempts)
     pooled = case.size * 8 / best / ((case.rate1 + case.rate2) * 1e6) if best != float("inf") else 0.0
     joins = lab.nstat("server").get("MPJoinAckRx", 0) - joins0
-    return Result(case, best, best <= case.bound, pooled, attempts, "" if best <= case.bound else error, joins)
+    c1 = _counters(lab)
+    diag = {k: c1[k] - c0[k] for k in DIAG}
+    return Result(case, best, best <= case.bound, pooled, attempts, "" if best <= case.bound else error,
+                  joins, best_times, diag)
 
 
 def table(results: list[Result]) -> str:
-    lines = [f"{'case':34} {'time s':>8} {'bound s':>8} {'pooled':>7}  result"]
+    """One row per case: the slowest transfer's time, the bound, the pooled fraction (from that
+    time), the verdict, and each transfer's time (down = to the client, up = to the server)."""
+    lines = [f"{'case':30} {'time s':>8} {'bound s':>8} {'pooled':>7}  {'result':8} transfers"]
     for r in results:
         t = "fail" if r.elapsed == float("inf") else f"{r.elapsed:8.3f}"
-        lines.append(f"{r.case.label:34} {t:>8} {r.case.bound:8.3f} {r.pooled:7.1%}  "
-                     f"{'ok' if r.ok else 'MISS'}{' (after retry)' if len(r.attempts) > 1 and r.ok else ''}"
+        each = " ".join(f"{k} {'fail' if v == float('inf') else f'{v:.3f}'}" for k, v in r.times.items())
+        verdict = ("ok" if r.ok else "MISS") + (" (retry)" if len(r.attempts) > 1 and r.ok else "")
+        lines.append(f"{r.case.label:30} {t:>8} {r.case.bound:8.3f} {r.pooled:7.1%}  {verdict:8} {each}"
                      f"{'  ' + r.error if r.error else ''}")
     return "\n".join(lines)
 
@@ -206,8 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="one case only (30/10 Mbit/s, no delay)")
     p.add_argument("--case", action="append", metavar="R1/R2,D1/D2",
                    help="run this case, e.g. 15/5,1/25 (repeatable)")
-    p.add_argument("--size", type=int, default=SIZE, help="bytes each way (default 16 MiB)")
-    p.add_argument("--retries", type=int, default=1, help="reruns of a case that misses (default 1)")
+    p.add_argument("--size", type=int, default=SIZE, help="bytes of the large transfer (default 16 MiB)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="reruns of a case that misses (default 0, as the selftest)")
+    p.add_argument("--both-ways", action="store_true",
+                   help="one transfer per case, SIZE each way at once (not the selftest's)")
+    p.add_argument("--no-rt", action="store_true",
+                   help="transfer processes at normal priority (default: SCHED_FIFO 5)")
     p.add_argument("--cc", default="cubic", help="congestion control of the sockets (default cubic)")
     p.add_argument("--limit", type=int, help="rate queue in bytes (default: 100 ms of the rate)")
     p.add_argument("--queue-ms", type=float, help="rate queue in ms of each path's rate")
@@ -233,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         setup(lab)
         for case in todo:
             r = run_case(lab, case, a.retries, a.server_cmd, a.client_cmd, limit=a.limit, cc=a.cc,
-                         queue_ms=a.queue_ms)
+                         queue_ms=a.queue_ms, both_ways=a.both_ways, rt=not a.no_rt)
             results.append(r)
             print(f"{case.label}: {r.elapsed:.3f} s (bound {case.bound:.3f}) {'ok' if r.ok else 'MISS'}",
                   file=sys.stderr, flush=True)
@@ -241,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep:
             lab.down()
     print(table(results))
-    doc = {"size": a.size, "cc": a.cc, "results": [r.row() for r in results],
-           "passed": all(r.ok for r in results)}
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    doc = {"size": a.size, "cc": a.cc, "both_ways": a.both_ways, "rt": not a.no_rt, "load": [round(x, 2) for x in load],
+           "results": [r.row() for r in results], "passed": all(r.ok for r in results)}
     print(json.dumps(doc))
     if a.json and a.json != "-":
         with open(a.json, "w") as f:

@@ -3,9 +3,14 @@
 
   udp-recv --port P [--idle S] [--max-time S]     count datagrams, bytes, reordering, dups
   udp-send DST --port P --count N [--rate BPS] [--size B]   paced in 1 ms batches
-  serve --port P --size N [--tcp] [--bind A] [--cc C]   accept one connection, send N bytes while
-                                                  reading the peer's N bytes
-  connect DST --port P --size N [--tcp] [--bind A]   the same, timed from connect() to done
+  serve --port P --size N [--send M] [--tcp] [--bind A] [--cc C] [--join-wait]   accept one
+                                 connection, send M (default N) bytes while reading to EOF
+  connect DST --port P --size N [--send M] [...]   the same from the client
+
+Both ends report `elapsed`, timed as the selftests' mptcp_connect -T does: from the
+established socket (after connect() / accept()) until both directions are done.
+--join-wait is mptcp_connect -j: the first write is at most 100 bytes, then 200 ms of sleep
+so the MP_JOIN completes before the bulk data (simult_flows.sh allows 400 ms for it).
 
 Datagrams start with an 8-byte sequence number. MPTCP sockets use IPPROTO_MPTCP (262).
 """
@@ -97,15 +102,21 @@ def _stream_socket(dst_or_bind: str, tcp: bool, cc: str = "") -> socket.socket:
     return s
 
 
-def _exchange(sock: socket.socket, size: int, timeout: float = 120.0) -> tuple[int, float, float]:
+def _exchange(sock: socket.socket, size: int, timeout: float = 120.0,
+              join_wait: bool = False) -> tuple[int, float, float]:
     """Send `size` bytes (then SHUT_WR) while reading until EOF, in one poll loop as the
     selftests' mptcp_connect does (no threads, no per-read allocation).
     Returns (received, t_sent, t_recv) in seconds from the start."""
     t0 = time.monotonic()
+    left = size
+    if join_wait and size:
+        # mptcp_connect -j: a small first write, then let the join handshake complete
+        sock.sendall(bytes(min(100, size)))
+        left -= min(100, size)
+        time.sleep(0.2)
     sock.setblocking(False)
     out = memoryview(bytes(CHUNK))
     inbuf = bytearray(256 * 1024)
-    left = size
     got = 0
     t_send = t_recv = 0.0
     eof = False
@@ -144,7 +155,8 @@ def _exchange(sock: socket.socket, size: int, timeout: float = 120.0) -> tuple[i
     return got, t_send, t_recv
 
 
-def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "") -> dict:
+def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "",
+          join_wait: bool = False) -> dict:
     ls = _stream_socket(bind, tcp, cc)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((bind, port))
@@ -154,23 +166,29 @@ def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = 
     conn, peer = ls.accept()
     if cc:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
-    got, t_send, t_recv = _exchange(conn, size, timeout)
+    t0 = time.monotonic()
+    got, t_send, t_recv = _exchange(conn, size, timeout, join_wait)
+    elapsed = time.monotonic() - t0
     conn.close()
     ls.close()
-    return {"received": got, "sent": size, "send_time": t_send, "recv_time": t_recv, "peer": peer[0]}
+    return {"received": got, "sent": size, "elapsed": elapsed, "send_time": t_send,
+            "recv_time": t_recv, "peer": peer[0]}
 
 
-def connect(dst: str, port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "") -> dict:
+def connect(dst: str, port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "",
+            join_wait: bool = False) -> dict:
     s = _stream_socket(dst, tcp, cc)
     if bind:
         s.bind((bind, 0))
     s.settimeout(timeout)
-    t0 = time.monotonic()
+    t_conn = time.monotonic()
     s.connect((dst, port))
-    got, t_send, t_recv = _exchange(s, size, timeout)
+    t0 = time.monotonic()
+    got, t_send, t_recv = _exchange(s, size, timeout, join_wait)
     elapsed = time.monotonic() - t0
     s.close()
-    return {"received": got, "sent": size, "elapsed": elapsed, "send_time": t_send, "recv_time": t_recv}
+    return {"received": got, "sent": size, "elapsed": elapsed, "connect_time": t0 - t_conn,
+            "send_time": t_send, "recv_time": t_recv}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             c.add_argument("dst")
         c.add_argument("--port", type=int, required=True)
         c.add_argument("--size", type=int, required=True)
+        c.add_argument("--send", type=int, help="bytes to send (default --size); reads to EOF")
+        c.add_argument("--join-wait", action="store_true",
+                       help="as mptcp_connect -j: 100 bytes first, then 200 ms for the MP_JOIN")
         c.add_argument("--tcp", action="store_true", help="plain TCP instead of MPTCP")
         c.add_argument("--bind", default="")
         c.add_argument("--timeout", type=float, default=120.0)
@@ -210,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "udp-send":
         out = udp_send(a.dst, a.port, a.count, a.rate, a.size)
     elif a.cmd == "serve":
-        out = serve(a.port, a.size, a.tcp, a.bind, a.timeout, a.cc)
+        send = a.size if a.send is None else a.send
+        out = serve(a.port, send, a.tcp, a.bind, a.timeout, a.cc, a.join_wait)
     else:
-        out = connect(a.dst, a.port, a.size, a.tcp, a.bind, a.timeout, a.cc)
+        send = a.size if a.send is None else a.send
+        out = connect(a.dst, a.port, send, a.tcp, a.bind, a.timeout, a.cc, a.join_wait)
     print(json.dumps(out), flush=True)
     return 0
 

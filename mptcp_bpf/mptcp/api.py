@@ -97,6 +97,9 @@ class LocalAddr:
     address: IPAddress
     backup: bool = False
     port: int = 0          # 0 = no explicit port (announce without port)
+    # endpoint flags set with `mptcp-bpf endpoint` ("signal", "subflow", "fullmesh"); None:
+    # an address found on a device, which the path manager uses by role (REFERENCE.md §4)
+    flags: Optional[frozenset] = None
 
 
 @dataclass
@@ -183,7 +186,8 @@ class PathManagerOps(Protocol):
         ...
 
     def on_local_address_change(self, conn: PmConnection, event: str, addr: LocalAddr) -> None:
-        """event: "up", "down" or "prio" (backup flag changed)."""
+        """event: "up", "down", "prio" (backup flag changed) or "flags" (endpoint flags
+        changed by `mptcp-bpf endpoint change`, addr.flags)."""
         ...
 
     def on_timer(self, conn: PmConnection, now: float) -> None:
@@ -272,5 +276,6 @@ class HostApi(Protocol):
         ...
     def connect(self, remote: tuple[str, int], local: tuple[str, int] | None = None,
                 now: float = 0.0, **options: Any) -> ConnectionApi: ...
-    def add_address(self, ip: str, addr_id: int | None = None, backup: bool = False) -> LocalAddr: ...
+    def add_address(self, ip: str, addr_id: int | None = None, backup: bool = False,
+                    port: int = 0, flags: frozenset | None = None) -> LocalAddr: ...
     def remove_address(self, ip: str) -> None: ...

@@ -185,6 +185,8 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
             # space in its MSS but still puts the infinite mapping (DSS + checksum, 28 bytes)
             # on a full-size segment: it exceeds the MTU, is never sent and the connection
             # stalls. Advertising 28 bytes less leaves room for it (checksum connections only).
+            # Our own segments stay full size (2% more payload per packet).
+            cfg.send_mss = cfg.send_mss or cfg.mss
             cfg.mss -= DSS_OPT_RESERVE
         cfg.rcv_buf = self.rcvbuf_limit
         if not self.fallback:
@@ -327,12 +329,13 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         self._conn_established()
 
     def _conn_established(self) -> None:
-        if self.state in (api.SYN_SENT, api.SYN_RCVD):
-            self.state = api.ESTABLISHED
+        # _state_changed moves SYN_SENT/SYN_RCVD to ESTABLISHED (self.connected is set) and
+        # tells the socket (on_state); setting the state here first hid the change from it,
+        # and a blocking connect() woke only at its 1 s poll
         self._event("established")
+        self._state_changed()
         if self.role == api.SERVER:
             self.host._accept_ready(self)
-        self._state_changed()
         if self.fully_established:
             self._pm_call("on_established")
         self._push(self.host.now)
@@ -357,6 +360,12 @@ class Connection(HandshakeMixin, SendMixin, RecvMixin, SignalsMixin):
         self._push(self.host.now)
 
     def _on_segment(self, msf: MpSubflow, seg: Any) -> None:
+        if msf.pf and msf.tcp.retransmits == 0:
+            # the subflow's TCP made progress since its RTO (a new ACK resets the count):
+            # usable again, as the kernel's stale flag clears on any receive. Waiting for a
+            # data ACK instead left it idle for good once its data was re-injected elsewhere.
+            msf.pf = False
+            self.host.count("pf_recovered")  # the host pushes after this input
         opts = seg.opts.mptcp
         if msf.join and msf.active and msf.join_ack_pending:
             # the peer acknowledged our third ACK (8684 §3.2): the subflow may carry data

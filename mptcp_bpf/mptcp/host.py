@@ -24,6 +24,7 @@ from mptcp_bpf.tcp.subflow import Subflow
 from mptcp_bpf.wire import WireError
 from mptcp_bpf.wire.checksum import csum_partial
 from mptcp_bpf.wire.crypto import key_token_idsn
+from mptcp_bpf.wire.gro import coalesce
 from mptcp_bpf.wire.mptcp import MpCapable, MpJoinSyn, parse_mptcp
 from mptcp_bpf.wire.packet import build_tcp_packet, parse_ip_packet
 from mptcp_bpf.wire.tcp import parse_tcp_options
@@ -77,6 +78,7 @@ class HostConfig:
     chunk_segments: int = 4        # MSS-sized segments per DSS mapping
     max_conns: int = 4096
     join_limit: Optional[int] = None   # MP_JOINs a connection accepts (kernel: limits subflow)
+    add_addr_accepted: Optional[int] = None   # ADD_ADDRs a path manager uses (kernel: limits)
     deny_join_id0: bool = False        # server sets MP_CAPABLE C (allow_join_initial_addr_port=0)
     tcp: dict = field(default_factory=dict)   # SubflowConfig overrides
 
@@ -149,7 +151,7 @@ class Host:
         self.stats[name] += n
 
     def add_address(self, ip: str, addr_id: int | None = None, backup: bool = False,
-                    port: int = 0) -> api.LocalAddr:
+                    port: int = 0, flags: frozenset | None = None) -> api.LocalAddr:
         a = ipaddress.ip_address(ip)
         for la in self.addresses:
             if la.address == a:
@@ -162,7 +164,7 @@ class Host:
                 self._next_addr_id = self._next_addr_id % 255 + 1
             addr_id = self._next_addr_id
             self._next_addr_id = self._next_addr_id % 255 + 1
-        la = api.LocalAddr(addr_id, a, backup, port)
+        la = api.LocalAddr(addr_id, a, backup, port, flags)
         self.addresses.append(la)
         for c in list(self.conns.values()):
             c._pm_call("on_local_address_change", "up", la)
@@ -175,6 +177,22 @@ class Host:
                 self.addresses.remove(la)
                 for c in list(self.conns.values()):
                     c._pm_call("on_local_address_change", "down", la)
+
+    def change_address(self, la: api.LocalAddr, backup: bool | None = None,
+                       flags: frozenset | None = None) -> None:
+        """New backup flag or endpoint flags of a local address (`ip mptcp endpoint change`):
+        path managers hear "prio" (they send MP_PRIO, 8684 §3.3.8) or "flags"."""
+        prio = backup is not None and bool(backup) != la.backup
+        changed = flags is not None and flags != la.flags
+        if backup is not None:
+            la.backup = bool(backup)
+        if flags is not None:
+            la.flags = flags
+        for c in list(self.conns.values()):
+            if prio:
+                c._pm_call("on_local_address_change", "prio", la)
+            if changed:
+                c._pm_call("on_local_address_change", "flags", la)
 
     def _alloc_port(self, family: int) -> int:
         used = {k[1] for k in self._sfs} | {k[1] for k in self._pending}
@@ -356,6 +374,9 @@ class Host:
         except WireError:
             self.count("rx_malformed_packet")
             return
+        self._input_parsed(p, now, meta)
+
+    def _input_parsed(self, p: Any, now: float, meta: Any) -> None:
         key = (p.dst, p.dport, p.src, p.sport)
         msf = self._sfs.get(key) or self._pending.get(key)
         if msf is not None:
@@ -410,25 +431,36 @@ class Host:
 
     def input_batch(self, packets: Any, now: float) -> None:
         """Packets that arrived together (one RX batch): items are packets or (packet,
-        meta) pairs. Each subflow ACKs its in-order data once at the end of the batch
-        (Subflow.defer_ack) and each connection pushes queued data once, instead of per
-        segment. A packet that raises is counted (`input_errors`) and skipped."""
+        meta) pairs. Runs of in-order segments of one subflow are merged first (wire.gro,
+        as GRO; counted in `rx_coalesced`). Each subflow ACKs its in-order data once at the
+        end of the batch (Subflow.defer_ack) and each connection pushes queued data once,
+        instead of per segment. A packet that raises is counted (`input_errors`) and
+        skipped."""
         due: list[Any] = []
         self._batch = due
+        self.now = now
         try:
-            for item in packets:
+            items = [item if type(item) is tuple else (item, None) for item in packets]
+            # runs of in-order segments of one subflow go in as one (wire.gro)
+            for p, meta, k in coalesce(items, fast_path_sum, self._bad_packet):
                 try:
-                    if type(item) is tuple:
-                        self.input(item[0], now, item[1])
-                    else:
-                        self.input(item, now)
+                    self._input_parsed(p, now, meta)
                 except Exception:
                     self.count("input_errors")
+                if k > 1:
+                    self.count("rx_coalesced", k - 1)
+                    msf = self._sfs.get((p.dst, p.dport, p.src, p.sport))
+                    if msf is not None and msf.tcp is not None:
+                        msf.tcp.segs_in += k - 1        # counted per wire segment
+                        msf.tcp.data_segs_in += k - 1
         finally:
             self._batch = None
             self._flush(now)
             for sf in due:
                 sf.flush_ack(now)
+
+    def _bad_packet(self, pkt: Any) -> None:
+        self.count("rx_malformed_packet")
 
     def _defer(self, sf: Any) -> bool:
         """Subflow.defer_ack: inside input_batch the ACK waits for the batch's end."""

@@ -121,6 +121,7 @@ class SignalsMixin:
         if sf.established:
             self._signal(opt, sf)
         self.host.count("mp_prio_tx")
+        self._event("sf_priority", sf=sf)
 
     # ------------------------------------------------------------ receiving signals
     def _rx_add_addr(self, msf: MpSubflow, a: AddAddr) -> None:

@@ -4,6 +4,7 @@ Path managers see the connection through mptcp.api.PmConnection (duck typing; th
 ranks below mptcp): `role`, `subflows` (each with `local`/`remote` as (address, port)),
 `remote_addresses`, `local_addresses()`, `open_subflow()`, `announce()`, `remove_addr()`,
 `set_prio()`. Hooks are called on the stack's loop; `on_timer` about once a second.
+Local address events: "up", "down", "prio" (backup changed), "flags" (endpoint flags).
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ def conn_now(conn: Any) -> float | None:
     """The connection's clock when it exposes one (mptcp.connection: conn.host.now)."""
     now = getattr(getattr(conn, "host", None), "now", None)
     return now if isinstance(now, (int, float)) else None
+
+
+def conn_limit(conn: Any, name: str) -> int | None:
+    """A limit of the host's config (`mptcp-bpf limits`: join_limit, add_addr_accepted),
+    None when unset or not offered."""
+    value = getattr(getattr(getattr(conn, "host", None), "config", None), name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def wake_at(conn: Any, due: float | None, callback: Callable[[float], None]) -> None:

@@ -6,6 +6,13 @@ family on each side and 32 subflows. Server: announces its other addresses, crea
 nothing. Both react to local addresses going up (client joins from it, server announces
 it), down (REMOVE_ADDR) and changing priority (MP_PRIO on the subflows using it); failed
 pairs are retried with backoff.
+
+Endpoints set with `mptcp-bpf endpoint` (LocalAddr.flags not None) follow the kernel's
+in-kernel PM (ip-mptcp(8)): `signal` ones are announced in either role, `subflow` ones are
+joined from (client), to the peer's initial address only unless also `fullmesh`. Addresses
+found on devices (flags None) keep the role rules above. Limits (`mptcp-bpf limits`, on
+conn.host.config): join_limit bounds the joins opened, add_addr_accepted the announced
+addresses used, both for new decisions only.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ from collections import Counter
 from typing import Any
 
 from mptcp_bpf.pm.common import (CLIENT, MAX_SUBFLOWS, SERVER, BasePathManager, Retries,
-                                 after_third_ack, conn_now, ip, limit_per_family, sf_pair,
-                                 wake_at)
+                                 after_third_ack, conn_limit, conn_now, ip, limit_per_family,
+                                 sf_pair, wake_at)
 
 Key = tuple[str, str, int]
 
@@ -36,19 +43,41 @@ class FullMeshPathManager(BasePathManager):
         self.established = False
 
     # -- what should exist -------------------------------------------------------------
-    def _locals(self, conn: Any) -> list[Any]:
-        return limit_per_family([a for a in conn.local_addresses()
-                                 if str(ip(a.address)) not in self.down])
+    def _locals(self, conn: Any, use: str | None = None) -> list[Any]:
+        """Usable local addresses; with `use` ("signal"/"subflow") only endpoints carrying
+        that flag (id 0 and addresses found on devices always qualify)."""
+        out = []
+        for a in conn.local_addresses():
+            f = getattr(a, "flags", None)
+            if str(ip(a.address)) in self.down or (use and a.id != 0 and f is not None
+                                                    and use not in f):
+                continue
+            out.append(a)
+        return limit_per_family(out)
+
+    def _remotes(self, conn: Any) -> list[Any]:
+        """The initial remote address and the first add_addr_accepted announced ones."""
+        lim = conn_limit(conn, "add_addr_accepted")
+        out, n = [], 0
+        for ra in conn.remote_addresses:
+            if ra.id != 0:
+                if lim is not None and n >= lim:
+                    continue
+                n += 1
+            out.append(ra)
+        return limit_per_family(out)
 
     def desired(self, conn: Any) -> dict[Key, tuple[Any, Any]]:
         """Pair -> (LocalAddr, RemoteAddr) for every pair the client should connect."""
         if conn.role != CLIENT:
             return {}
         out: dict[Key, tuple[Any, Any]] = {}
-        remotes = limit_per_family(list(conn.remote_addresses))
-        for la in self._locals(conn):
+        remotes = self._remotes(conn)
+        for la in self._locals(conn, "subflow"):
+            f = getattr(la, "flags", None)
+            mesh = f is None or la.id == 0 or "fullmesh" in f
             for ra in remotes:
-                if ip(la.address).version != ip(ra.address).version:
+                if ip(la.address).version != ip(ra.address).version or not (mesh or ra.id == 0):
                     continue
                 out[(str(ip(la.address)), str(ip(ra.address)), int(ra.port))] = (la, ra)
         return out
@@ -67,12 +96,14 @@ class FullMeshPathManager(BasePathManager):
             return 0
         have = self.existing(conn)
         total = sum(have.values())
+        lim = conn_limit(conn, "join_limit")   # additional subflows (kernel: limits subflows)
+        cap = MAX_SUBFLOWS if lim is None else min(MAX_SUBFLOWS, lim + 1)
         opened = 0
         for key, (la, ra) in self.desired(conn).items():
             if key in self.closed_pairs or self.retries.blocked(key):
                 continue
             for _ in range(self.num_subflows - have[key]):
-                if total >= MAX_SUBFLOWS:
+                if total >= cap:
                     return opened
                 sf = conn.open_subflow(ip(la.address), ip(ra.address), int(ra.port),
                                        backup=bool(getattr(la, "backup", False)))
@@ -85,9 +116,13 @@ class FullMeshPathManager(BasePathManager):
         return opened
 
     def announce_all(self, conn: Any) -> None:
-        """Server: ADD_ADDR for every local address but the one of the initial subflow."""
+        """ADD_ADDR for every local address but the one of the initial subflow: a server
+        announces addresses found on devices and `signal` endpoints, a client only the
+        latter (as the kernel does in either role)."""
         initial = {str(ip(sf.local[0])) for sf in conn.subflows[:1]}
-        for la in self._locals(conn):
+        for la in self._locals(conn, "signal"):
+            if conn.role != SERVER and getattr(la, "flags", None) is None:
+                continue
             if la.id == 0 or la.id in self.announced or str(ip(la.address)) in initial:
                 continue
             conn.announce(la.id, ip(la.address), la.port or None)
@@ -99,7 +134,7 @@ class FullMeshPathManager(BasePathManager):
         if conn.role == SERVER:
             self.announce_all(conn)
         else:
-            after_third_ack(conn, lambda: self.reconcile(conn))
+            after_third_ack(conn, lambda: (self.announce_all(conn), self.reconcile(conn)))
 
     def on_sf_established(self, conn: Any, sf: Any) -> None:
         entry = self.pending.pop(id(sf), None)
@@ -130,10 +165,9 @@ class FullMeshPathManager(BasePathManager):
             self.down.discard(host)
             self.closed_pairs = {k for k in self.closed_pairs if k[0] != host}
             self.retries.forget(lambda k: k[0] == host)
-            if conn.role == SERVER:
-                if self.established:
-                    self.announce_all(conn)
-            else:
+            if self.established:
+                self.announce_all(conn)
+            if conn.role != SERVER:
                 self.reconcile(conn)
         elif event == "down":
             self.down.add(host)
@@ -144,6 +178,8 @@ class FullMeshPathManager(BasePathManager):
             for sf in list(conn.subflows):
                 if str(ip(sf.local[0])) == host and bool(sf.backup) != bool(addr.backup):
                     conn.set_prio(sf, bool(addr.backup))
+        elif event == "flags" and conn.role != SERVER:
+            self.reconcile(conn)   # fullmesh set: pairs to the announced addresses too
 
     def on_timer(self, conn: Any, now: float) -> None:
         if self.retries.tick(now):

@@ -49,6 +49,7 @@ class SubflowConfig:
     """Per-subflow knobs; defaults follow Linux except the short TIME-WAIT."""
 
     mss: int = 1460              # MSS we advertise (MTU 1500 - 40; use 1440 for IPv6)
+    send_mss: int | None = None  # largest segment the MTU allows us to send; None: mss
     rcv_buf: int = 4 << 20       # receive buffer: bounds the window we advertise
     wscale: int | None = None    # our window scale; None: smallest that covers rcv_buf
     sack: bool = True

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 INITIAL_WINDOW_SEGMENTS = 10  # RFC 6928
 INFINITE_SSTHRESH = 1 << 30
+_INF = float("inf")
 
 
 class CcSubflow(Protocol):
@@ -39,6 +40,7 @@ class CongestionControl:
     def __init__(self, params: dict[str, Any] | None = None, group: CcGroup | None = None) -> None:
         self.params = dict(params or {})
         self.group = group
+        self.hystart = HyStart() if self.params.get("hystart", True) else None
 
     def init(self, sf: CcSubflow) -> None:
         sf.cwnd = INITIAL_WINDOW_SEGMENTS * sf.mss
@@ -56,7 +58,11 @@ class CongestionControl:
             return  # RFC 7661: do not grow a window the sender is not using
         if sf.cwnd < sf.ssthresh:
             # RFC 3465 (L = 2): stretch ACKs (batched or GRO receivers) do not stall slow start
-            sf.cwnd += min(acked, 2 * sf.mss)
+            inc = min(acked, 2 * sf.mss)
+            hs = self.hystart
+            if hs is not None and sf.ssthresh >= INFINITE_SSTHRESH:
+                inc = hs.slow_start(sf, inc, rtt)
+            sf.cwnd += inc
         else:
             sf.cwnd += max(1, sf.mss * acked // sf.cwnd)  # per byte acked (RFC 3465), as Linux
 
@@ -79,3 +85,63 @@ class CongestionControl:
 
 
 Reno = CongestionControl
+
+
+class HyStart:
+    """HyStart++ (RFC 9406) for the initial slow start: leave it when the round's minimum
+    RTT has grown, i.e. when a queue starts to build, instead of at the first loss.
+
+    Why: on a rate-limited path with a deep drop-tail queue (a TBF of 100 ms), slow start
+    doubles until the queue overflows and loses half a window at once; recovering from
+    that (lost retransmissions, an RTO) cost a shaped 10 Mbit/s path about 0.5 s.
+    Leaving when the delay rises keeps the link full (the queue already holds data) and
+    the first loss comes later, from congestion avoidance, a segment or two at a time.
+    """
+
+    __slots__ = ("window_end", "last_min", "cur_min", "samples", "css_base", "css_rounds")
+    MIN_RTT_THRESH = 0.004
+    MAX_RTT_THRESH = 0.016
+    MIN_RTT_DIVISOR = 8
+    N_RTT_SAMPLE = 8
+    CSS_GROWTH_DIVISOR = 4
+    CSS_ROUNDS = 5
+
+    def __init__(self) -> None:
+        self.window_end: int | None = None  # a round ends when snd_una reaches it
+        self.last_min = _INF
+        self.cur_min = _INF
+        self.samples = 0
+        self.css_base: float | None = None   # set while in conservative slow start (CSS)
+        self.css_rounds = 0
+
+    def slow_start(self, sf: Any, inc: int, rtt: float | None) -> int:
+        """The slow-start increase for this ACK (RFC 9406 §4.2); may end slow start by
+        setting ssthresh (after CSS_ROUNDS rounds of CSS)."""
+        una = getattr(sf, "snd_una", None)
+        if una is None:
+            return inc  # a synthetic subflow without sequence numbers: plain slow start
+        if self.window_end is None or una >= self.window_end:
+            self.window_end = sf.snd_nxt
+            self.last_min, self.cur_min, self.samples = self.cur_min, _INF, 0
+            if self.css_base is not None:
+                self.css_rounds += 1
+                if self.css_rounds >= self.CSS_ROUNDS:
+                    sf.ssthresh = max(sf.cwnd, 2 * sf.mss)  # §4.2: into congestion avoidance
+                    return 0
+        if rtt is not None and rtt > 0:
+            if rtt < self.cur_min:
+                self.cur_min = rtt
+            self.samples += 1
+        enough = self.samples >= self.N_RTT_SAMPLE and self.cur_min < _INF
+        if self.css_base is None:
+            if enough and self.last_min < _INF:
+                thresh = min(max(self.last_min / self.MIN_RTT_DIVISOR, self.MIN_RTT_THRESH),
+                             self.MAX_RTT_THRESH)
+                if self.cur_min >= self.last_min + thresh:
+                    self.css_base = self.cur_min
+                    self.css_rounds = 0
+        elif enough and self.cur_min < self.css_base:
+            self.css_base = None  # the delay rise was spurious: back to slow start
+        if self.css_base is not None:
+            return inc // self.CSS_GROWTH_DIVISOR
+        return inc

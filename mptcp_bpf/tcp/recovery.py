@@ -42,6 +42,7 @@ class RecoveryMixin:
             win_changed = False
         sack = opts.sack if self.sack_ok else None
         sacked_before = self.sacked_out
+        rack_before = self._rack_xmit
         new_sack = self._on_sack(sack) if sack else 0
         if ack > snd_una:
             self._on_new_ack(ack, opts, now)
@@ -50,6 +51,8 @@ class RecoveryMixin:
             self._on_dupack(new_sack, now)
         elif new_sack and self.snd_nxt > snd_una:
             self._on_dupack(new_sack, now)
+        if self.retrans_out and self._rack_xmit > rack_before:
+            self._lost_retransmissions()
         if self.in_recovery:
             # DeliveredData (RFC 6937): newly cumulatively acked + newly SACKed bytes
             self._prr(self.snd_una - snd_una + self.sacked_out - sacked_before)
@@ -122,6 +125,8 @@ class RecoveryMixin:
             rtt = ((self._tsval(now) - opts.ts[1]) & _M32) / 1000.0
         if rtt is not None and rtt >= 0:
             self._rtt_sample(rtt, now, opts)
+        if sample_seg is not None and sample_seg.tx_time > self._rack_xmit:
+            self._rack_xmit = sample_seg.tx_time
         # recovery bookkeeping
         if self.in_recovery:
             if ack >= self._recover:
@@ -166,7 +171,11 @@ class RecoveryMixin:
         if self.retransmits >= self.config.max_retries:
             self._finish(R_TIMEOUT, now)
             return
-        first = self.retransmits == 0  # RFC 5681 §3.1: ssthresh only on the first RTO
+        # RFC 5681 §3.1: ssthresh only on the first RTO. Not when fast recovery is under
+        # way either (Linux tcp_enter_loss): recovery set it already, and PRR has shrunk
+        # cwnd and the pipe, so a new value would be ~2 MSS and leave a multi-second
+        # linear climb (seen on TBF-shaped paths after a lost retransmission).
+        first = self.retransmits == 0 and not self.in_recovery
         self.cc.on_rto(self, now, first=first)
         self.retransmits += 1
         self.rto_count += 1
@@ -247,6 +256,25 @@ class RecoveryMixin:
         if not self._prr_out and sndcnt < self.mss:
             sndcnt = self.mss  # the fast retransmit itself always goes out
         self.cwnd = pipe + sndcnt
+
+    def _lost_retransmissions(self) -> None:
+        """RFC 8985 (RACK), the one rule RFC 6675 lacks: a retransmission is lost when a
+        segment first sent more than reo_wnd (min RTT / 4) after it has been delivered;
+        it is sent again instead of waiting for the RTO. On a TBF whose queue is still
+        full when recovery starts, retransmissions are dropped too, and each one lost
+        cost an RTO (0.4-0.6 s with nothing sent on a 25 ms path)."""
+        limit = self._rack_xmit - max((self.min_rtt or 0.0) / 4, 0.001)
+        q = self._q
+        first = -1
+        for i in range(self._head, min(self._rtx_ptr, len(q))):
+            s = q[i]
+            if s.retrans and s.lost and s.tx_time < limit:
+                s.retrans = 0
+                self.retrans_out -= s.end - s.seq
+                if first < 0:
+                    first = i
+        if first >= 0 and first < self._rtx_ptr:
+            self._rtx_ptr = first
 
     def _mark_head_lost(self) -> None:
         q = self._q
@@ -353,6 +381,8 @@ class RecoveryMixin:
                 s.sacked = True
                 got += ln
                 self.sacked_out += ln
+                if not s.rexmit and s.tx_time > self._rack_xmit:
+                    self._rack_xmit = s.tx_time
                 if s.lost:
                     self.lost_out -= ln
                     if s.retrans:

@@ -142,6 +142,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self._rtx_ptr = 0             # index: lost segments below it were retransmitted
         self._sack_ranges: list[list[int]] = []
         self._high_sacked = 0
+        self._rack_xmit = 0.0          # newest first-transmission time among delivered segments
         # unsent chunks: [data(memoryview), meta, offset, chunk_seq or None]
         self._unsent: deque[list[Any]] = deque()
         self.unsent_bytes = 0
@@ -362,7 +363,9 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
             self.rcv_wscale = 0
         if self.ts_ok:
             self.ts_recent = o.ts[0]
-        base = min(self.peer_mss, cfg.mss)
+        # sending is bounded by the peer's MSS and our MTU, not by what we advertise (an
+        # owner may advertise less to leave room for the peer's options)
+        base = min(self.peer_mss, cfg.send_mss or cfg.mss)
         self.mss = max(64, base - (12 if self.ts_ok else 0) - cfg.opt_reserve)
         self.rcv_mss = self.mss
 

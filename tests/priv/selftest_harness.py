@@ -6,8 +6,9 @@ Shape (the selftests' ns1/ns2 with veths, replaced by TUN devices):
   selftests' four links). Link i carries 10.0.i.0/24 and dead:beef:i::/64; the server side
   (ns1 in the selftests) owns .1 / ::1, the client side (ns2) .2 / ::2, whichever of the
   two the kernel plays.
-- our `Host` runs in this process and reads/writes the TUN fds; packets for addresses we
-  do not own are dropped (what the absent host of an "invalid address" would do).
+- our `Host` runs in this process and reads/writes the TUN fds (the namespace and the
+  packet loop are kernel_tun.KernelTunLab's, shared with test_mptcp_tun.py); packets for
+  addresses we do not own are dropped (what the absent host of an "invalid address" would do).
 - the kernel is configured like the selftests (`ip mptcp limits`, `ip mptcp endpoint`,
   net.mptcp.* sysctls); OUR side gets the same configuration through `OurSide`, whose path
   manager (`EndpointPm`) mirrors the in-kernel path manager: signal endpoints are
@@ -25,22 +26,18 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import random
-import select
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from mptcp_bpf.datapath.tun import open_tun, run_in_netns
 from mptcp_bpf.mptcp.host import Host, HostConfig
-from mptcp_bpf.timers import TimerWheel
 from mptcp_bpf.wire.checksum import csum_finish, csum_partial, pseudo_header_sum
+from tests.priv.kernel_tun import IPPROTO_MPTCP, KernelTunLab, read_available, sh
 
-IPPROTO_MPTCP = 262
 NPATHS = 4
 KERNEL_SERVER = "kernel_server"   # kernel = ns1 (listener), we = ns2 (connector)
 KERNEL_CLIENT = "kernel_client"   # kernel = ns2 (connector), we = ns1 (listener)
@@ -50,13 +47,6 @@ PRE_COUNTERS = ("MPJoinAckRx", "MPJoinSynAckRx", "AddAddr", "EchoAdd", "EchoAddT
 FALLBACK_COUNTERS = ("InfiniteMapTx", "DSSCorruptionFallback", "SimultConnectFallback",
                      "MPCapableFallbackACK", "MPCapableFallbackSYNACK",
                      "MPCapableDataFallback", "MD5SigFallback", "DssFallback")
-
-
-def sh(*args: str, check: bool = True, timeout: float = 20) -> str:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
 
 
 def addr(side: int, path: int, v6: bool = False) -> str:
@@ -291,10 +281,10 @@ def tcp_flags(p: bytes) -> int:
     return p[t + 13]
 
 
-def mptcp_subtypes(p: bytes) -> list[int]:
-    """MPTCP suboption subtypes carried by a packet."""
-    t, data, _ = _tcp_offsets(bytearray(p[:120]))
-    i, out = t + 20, []
+def _options(p: bytes | bytearray, t: int, data: int) -> Iterator[tuple[int, int, int]]:
+    """(offset, kind, length) of each TCP option of the header at `t`, up to the end of
+    option list or a malformed length; the length is read before the caller may overwrite."""
+    i = t + 20
     while i < data:
         k = p[i]
         if k == 0:
@@ -304,30 +294,24 @@ def mptcp_subtypes(p: bytes) -> list[int]:
             continue
         if i + 1 >= data or p[i + 1] < 2:
             break
-        if k == 30 and i + 2 < data:
-            out.append(p[i + 2] >> 4)
-        i += p[i + 1]
-    return out
+        n = p[i + 1]
+        yield i, k, n
+        i += n
+
+
+def mptcp_subtypes(p: bytes) -> list[int]:
+    """MPTCP suboption subtypes carried by a packet."""
+    t, data, _ = _tcp_offsets(bytearray(p[:120]))
+    return [p[i + 2] >> 4 for i, k, _ in _options(p, t, data) if k == 30 and i + 2 < data]
 
 
 def strip_mptcp(p: bytes) -> bytes:
     """Replace every MPTCP option with NOPs and fix the TCP checksum (a hostile middlebox)."""
     b = bytearray(p)
     t, data, _ = _tcp_offsets(b)
-    i = t + 20
-    while i < data:
-        k = b[i]
-        if k == 0:
-            break
-        if k == 1:
-            i += 1
-            continue
-        if i + 1 >= data or b[i + 1] < 2:
-            break
-        n = b[i + 1]
+    for i, k, n in _options(b, t, data):
         if k == 30:
             b[i:i + n] = b"\x01" * n
-        i += n
     fix_tcp_checksum(b)
     return bytes(b)
 
@@ -410,17 +394,7 @@ def strip_syn(tamper: Tamper, synack: bool) -> None:
 
 # ----------------------------------------------------------------------------- the lab
 
-def mib(ns: str) -> dict[str, int]:
-    """MPTcpExt counters of a namespace (/proc/net/netstat, what `nstat -az` shows)."""
-    lines = sh("ip", "netns", "exec", ns, "cat", "/proc/net/netstat").splitlines()
-    out: dict[str, int] = {}
-    for head, vals in zip(lines[::2], lines[1::2]):
-        if head.startswith("MPTcpExt:"):
-            out.update(zip(head.split()[1:], map(int, vals.split()[1:])))
-    return out
-
-
-class Lab:
+class Lab(KernelTunLab):
     """Kernel namespace with four TUN links and our Host on the other end."""
 
     def __init__(self, role: str, *, kernel_checksum: bool = False) -> None:
@@ -428,47 +402,30 @@ class Lab:
         self.role = role
         self.kside = 1 if role == KERNEL_SERVER else 2    # selftest ns the kernel plays
         self.oside = 3 - self.kside
-        self.ns = f"mpbk-{uuid.uuid4().hex[:8]}"
-        self.tuns: list[Any] = []
         self.log: list[str] = []
         self.tamper_in = Tamper()    # kernel -> us
         self.tamper_out = Tamper()   # us -> kernel
-        self.host: Any = None
         self.conn: Any = None
         self._ready_conns: list[Any] = []
         self.dropped_unknown_dst = 0
         self.our_addrs: set[bytes] = set()
         self.armed = False           # set once the mid-connection phase starts
-        sh("ip", "netns", "add", self.ns)
-        try:
-            self._ns_sysctl("net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                            "net.mptcp.enabled=1", f"net.mptcp.checksum_enabled={int(kernel_checksum)}")
-            sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.mptcp.pm_type=0", check=False)
-            sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        links = [(f"bk{i}", [f"{addr(self.kside, i)}/24", f"{addr(self.kside, i, True)}/64"])
+                 for i in range(1, NPATHS + 1)]
+        super().__init__(f"mpbk-{uuid.uuid4().hex[:8]}", links,
+                         [f"net.mptcp.checksum_enabled={int(kernel_checksum)}"])
+
+    def setup(self) -> None:
+        sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.mptcp.pm_type=0", check=False)
+        if self.kside == 2:
+            # the selftests' client reaches any server address from any link
             for i in range(1, NPATHS + 1):
-                t = open_tun(f"bk{i}", self.ns, addrs=[f"{addr(self.kside, i)}/24",
-                                                       f"{addr(self.kside, i, True)}/64"])
-                self.tuns.append(t)
-                self._ns_sysctl(f"net.ipv4.conf.bk{i}.rp_filter=0")
-            if self.kside == 2:
-                # the selftests' client reaches any server address from any link
-                for i in range(1, NPATHS + 1):
-                    sh("ip", "-n", self.ns, "route", "add", "default", "via", addr(1, i),
-                       "dev", f"bk{i}", "metric", str(100 + i))
-                    sh("ip", "-n", self.ns, "-6", "route", "add", "default", "via",
-                       addr(1, i, True), "dev", f"bk{i}", "metric", str(100 + i))
-        except BaseException:
-            self.close()
-            raise
+                sh("ip", "-n", self.ns, "route", "add", "default", "via", addr(1, i),
+                   "dev", f"bk{i}", "metric", str(100 + i))
+                sh("ip", "-n", self.ns, "-6", "route", "add", "default", "via",
+                   addr(1, i, True), "dev", f"bk{i}", "metric", str(100 + i))
 
     # -------------------------------------------------------------- kernel configuration
-    def _ns_sysctl(self, *kv: str) -> None:
-        for x in kv:
-            sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", x)
-
-    def sysctl(self, *kv: str) -> None:
-        self._ns_sysctl(*kv)
-
     def kernel_limits(self, add_addr_accepted: int, subflows: int) -> None:
         """pm_nl_set_limits NS ADD_ADDR_ACCEPTED SUBFLOWS (the selftests' argument order)."""
         sh("ip", "-n", self.ns, "mptcp", "limits", "set", "subflow", str(subflows),
@@ -505,17 +462,11 @@ class Lab:
             out.append(d)
         return out
 
-    def mib(self) -> dict[str, int]:
-        return mib(self.ns)
-
     # ---------------------------------------------------------------------- our side
     def make_host(self, side: OurSide) -> Host:
         self.side = side
-        self.timers = TimerWheel()
-        self.outq: list[bytes] = []
-        self.host = Host(HostConfig(checksum=side.checksum, path_manager="default",
-                                    join_limit=side.subflows, deny_join_id0=side.deny_join_id0),
-                         self.timers, self.outq.append, random.Random())
+        self.new_host(HostConfig(checksum=side.checksum, path_manager="default",
+                                 join_limit=side.subflows, deny_join_id0=side.deny_join_id0))
         ep_ids = {str(ipaddress.ip_address(e.addr)): e.id for e in side.endpoints}
         # endpoints first (their ids as configured, else 1, 2, ... like the kernel), then the
         # other addresses of our links with "implicit" ids
@@ -569,66 +520,21 @@ class Lab:
         self._ready_conns.append(conn)
 
     # ---------------------------------------------------------------------- the loop
-    def flush(self) -> None:
-        q = self.outq
-        if not q:
-            return
-        by: dict[int, list] = {}
-        for p in q:
-            src = p[12:16] if p[0] >> 4 == 4 else p[8:24]
-            dst = p[16:20] if p[0] >> 4 == 4 else p[24:40]
-            path = self.path_of(dst) or self.path_of(src) or 1
-            p2 = self.tamper_out(path, p) if self.tamper_out.fns else p
-            if p2 is not None:
-                by.setdefault(path, []).append(p2)
-        q.clear()
-        for path, pkts in by.items():
-            self.tuns[path - 1].write_batch(pkts)
+    # paths are numbered 1..NPATHS (link i = tuns[i - 1]), as in the tamper functions
+    def route(self, p: bytes) -> int:
+        src = p[12:16] if p[0] >> 4 == 4 else p[8:24]
+        dst = p[16:20] if p[0] >> 4 == 4 else p[24:40]
+        return (self.path_of(dst) or self.path_of(src) or 1) - 1
 
-    def run_until(self, pred: Callable[[], bool], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        fds = [t.fileno() for t in self.tuns]
-        host = self.host
-        while True:
-            now = time.monotonic()
-            host.advance(now)
-            self.flush()
-            if pred():
-                self.flush()
-                return True
-            if now > end:
-                return False
-            nd = self.timers.next_deadline()
-            wait = 0.02 if nd is None else max(0.0, min(0.02, nd - now))
-            select.select(fds, [], [], wait)
-            now = time.monotonic()
-            for i, t in enumerate(self.tuns, 1):
-                for p in t.read_batch(256):
-                    dst = p[16:20] if p[0] >> 4 == 4 else p[24:40]
-                    if dst not in self.our_addrs:
-                        self.dropped_unknown_dst += 1
-                        continue
-                    if self.tamper_in.fns:
-                        p = self.tamper_in(i, p)
-                        if p is None:
-                            continue
-                    host.input(p, now)
-            self.flush()
+    def egress(self, i: int, p: bytes) -> Optional[bytes]:
+        return self.tamper_out(i + 1, p) if self.tamper_out.fns else p
 
-    def sleep(self, secs: float) -> None:
-        self.run_until(lambda: False, secs)
-
-    def ksocket(self, family: int, proto: int = IPPROTO_MPTCP) -> socket.socket:
-        return run_in_netns(self.ns, lambda: socket.socket(family, socket.SOCK_STREAM, proto))
-
-    def close(self) -> None:
-        for t in self.tuns:
-            try:
-                t.close()
-            except OSError:
-                pass
-        self.tuns = []
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+    def ingress(self, i: int, p: bytes) -> Optional[bytes]:
+        dst = p[16:20] if p[0] >> 4 == 4 else p[24:40]
+        if dst not in self.our_addrs:
+            self.dropped_unknown_dst += 1
+            return None
+        return self.tamper_in(i + 1, p) if self.tamper_in.fns else p
 
 
 # ------------------------------------------------------------------------- kernel app
@@ -950,13 +856,7 @@ def _run(lab: Lab, case: Case) -> Result:
             except (BrokenPipeError, OSError):
                 pass
         try:
-            while True:
-                b = c.recv(1 << 18)
-                if not b:
-                    break
-                got.extend(b)
-        except BlockingIOError:
-            pass
+            read_available(c, got)
         except OSError:
             pass
 

@@ -11,48 +11,12 @@ import time
 
 import pytest
 
-from test_interop_util import PY, kill_all, lab_for
+from test_interop_util import KERNEL_HOLDER, PY, kill_all, lab_for, wait_for
+from test_interop_util import mptcp_cli as cli
 
 pytestmark = pytest.mark.priv
 
 PORT = 5077
-# A kernel MPTCP client that sends a little, then holds the connection open until stdin closes.
-HOLDER = r'''
-import socket, sys, time
-deadline = time.time() + 30
-while True:
-    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-    try:
-        c.connect((sys.argv[1], int(sys.argv[2])))
-        break
-    except OSError:
-        c.close()
-        if time.time() > deadline:
-            raise
-        time.sleep(0.2)
-c.sendall(b"x" * 200000)
-print("connected", flush=True)
-sys.stdin.read()
-c.close()
-'''
-
-
-def cli(lab, node: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return lab.exec(node, [PY, "-m", "mptcp_bpf", *args], capture_output=True, text=True,
-                    timeout=timeout)
-
-
-def wait_for(fn, timeout: float, what: str, extra=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r} {extra() if extra else ''}")
-
-
 @pytest.fixture
 def live():
     """A lab whose server runs our stack with one connection from a kernel client."""
@@ -71,8 +35,8 @@ def live():
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             procs.append(monitor)
             time.sleep(1.0)  # the monitor subscribes before the connection starts
-            holder = lab.popen("client", [PY, "-c", HOLDER, lab.addresses("server")[0],
-                                          str(PORT)], stdin=subprocess.PIPE,
+            holder = lab.popen("client", [PY, "-c", KERNEL_HOLDER, lab.addresses("server")[0],
+                                          str(PORT), "200000"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
             procs.append(holder)
             assert holder.stdout.readline().strip() == "connected"

@@ -183,3 +183,44 @@ def set_our_sysctl(lab: Any, node: str, **values: Any) -> None:
                      capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise RuntimeError(f"sysctl {k}={v} failed: {r.stderr}")
+
+
+# A kernel MPTCP client: connects (retrying while our server starts), sends argv[3] bytes,
+# prints "connected", then holds the connection open until its stdin closes.
+KERNEL_HOLDER = r'''
+import socket, sys, time
+deadline = time.time() + 30
+while True:
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    try:
+        c.connect((sys.argv[1], int(sys.argv[2])))
+        break
+    except OSError:
+        c.close()
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+c.sendall(b"x" * int(sys.argv[3]))
+print("connected", flush=True)
+sys.stdin.read()
+c.close()
+'''
+
+
+def mptcp_cli(lab: Any, node: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """`mptcp-bpf ARGS...` in a lab node, output captured as text."""
+    return lab.exec(node, [PY, "-m", "mptcp_bpf", *args], capture_output=True, text=True,
+                    timeout=timeout)
+
+
+def wait_for(fn: Any, timeout: float, what: str, extra: Any = None) -> Any:
+    """Poll fn() until it returns something true; fail naming `what` (and extra()) if not."""
+    import pytest
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}; last: {last!r} {extra() if extra else ''}")

@@ -14,22 +14,18 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import random
-import select
 import socket
-import subprocess
 import threading
 import time
 import uuid
 
 import pytest
 
-from mptcp_bpf.datapath.tun import open_tun, run_in_netns
 from mptcp_bpf.mptcp.host import Host, HostConfig
-from mptcp_bpf.timers import TimerWheel
+from tests.priv.kernel_tun import IPPROTO_MPTCP, KernelTunLab, read_available, sh
 
 pytestmark = pytest.mark.priv
 
-IPPROTO_MPTCP = 262
 K1, K2, U1, U2 = "10.71.1.1", "10.71.2.1", "10.71.1.2", "10.71.2.2"
 K61, K62, U61, U62 = "fd71:1::1", "fd71:2::1", "fd71:1::2", "fd71:2::2"
 BAD_COUNTERS = ("DataCsumErr", "MPCapableFallbackACK", "MPCapableFallbackSYNACK",
@@ -37,124 +33,58 @@ BAD_COUNTERS = ("DataCsumErr", "MPCapableFallbackACK", "MPCapableFallbackSYNACK"
                 "DssFallback", "InfiniteMapRx", "MPFailRx")
 
 
-def sh(*args: str, check: bool = True) -> str:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    if check and r.returncode:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
-
-
-def mib(ns: str) -> dict[str, int]:
-    """The namespace's MPTcpExt counters."""
-    lines = sh("ip", "netns", "exec", ns, "cat", "/proc/net/netstat").splitlines()
-    for head, vals in zip(lines[::2], lines[1::2]):
-        if head.startswith("MPTcpExt:"):
-            return dict(zip(head.split()[1:], map(int, vals.split()[1:])))
-    return {}
-
-
-class TunLab:
-    """Namespace + two tun devices + our Host driven from the calling thread."""
+class TunLab(KernelTunLab):
+    """Namespace + two tun devices + our Host driven from the calling thread; `loss` and
+    `down` drop packets on the way, both directions."""
 
     def __init__(self) -> None:
-        self.ns = f"mpbm-{uuid.uuid4().hex[:6]}"
-        self.tuns = []
-        sh("ip", "netns", "add", self.ns)
-        try:
-            for k in ("all", "default"):
-                sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.ipv4.conf.{k}.rp_filter=0")
-            sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.mptcp.enabled=1")
-            sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-            self.tuns.append(open_tun("mpbmA", self.ns, addrs=[f"{K1}/24", f"{K61}/64"]))
-            self.tuns.append(open_tun("mpbmB", self.ns, addrs=[f"{K2}/24", f"{K62}/64"]))
-            for t in self.tuns:
-                sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.ipv4.conf.{t.name}.rp_filter=0")
-            sh("ip", "-n", self.ns, "mptcp", "limits", "set", "subflow", "8", "add_addr_accepted", "8")
-        except BaseException:
-            self.close()
-            raise
         self.loss = 0.0            # drop probability per packet, both directions
         self.down: set = set()     # tun devices whose path is cut (both directions)
         self.rng = random.Random(7)
         self.dropped = 0
-        self.route = {bytes([10, 71, 1]): self.tuns[0], bytes([10, 71, 2]): self.tuns[1],
-                      ipaddress.ip_address(K61).packed[:4]: self.tuns[0],
-                      ipaddress.ip_address(K62).packed[:4]: self.tuns[1]}
+        super().__init__(f"mpbm-{uuid.uuid4().hex[:6]}", [("mpbmA", [f"{K1}/24", f"{K61}/64"]),
+                                                         ("mpbmB", [f"{K2}/24", f"{K62}/64"])])
+        self.paths = {bytes([10, 71, 1]): 0, bytes([10, 71, 2]): 1,
+                      ipaddress.ip_address(K61).packed[:4]: 0,
+                      ipaddress.ip_address(K62).packed[:4]: 1}
+
+    def setup(self) -> None:
+        sh("ip", "-n", self.ns, "mptcp", "limits", "set", "subflow", "8", "add_addr_accepted", "8")
 
     def make_host(self, v6: bool = False, **cfg) -> Host:
-        self.timers = TimerWheel()
-        self.outq: list[bytes] = []
-        self.host = Host(HostConfig(**cfg), self.timers, self.outq.append, random.Random())
+        host = self.new_host(HostConfig(**cfg))
         for a in (U1, U2) + ((U61, U62) if v6 else ()):
-            self.host.add_address(a)
+            host.add_address(a)
 
         def source_for(raddr):
             if raddr.version == 4:
                 return ipaddress.ip_address(U1 if raddr.packed[2] == 1 else U2)
             return ipaddress.ip_address(U61 if raddr.packed[3] == 1 else U62)
 
-        self.host.source_for = source_for
-        return self.host
+        host.source_for = source_for
+        return host
 
     def kernel_checksum(self, on: bool) -> None:
-        sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.mptcp.checksum_enabled={int(on)}")
+        self.sysctl(f"net.mptcp.checksum_enabled={int(on)}")
 
     def endpoint(self, *args: str) -> None:
         sh("ip", "-n", self.ns, "mptcp", "endpoint", "flush")
         if args:
             sh("ip", "-n", self.ns, "mptcp", "endpoint", "add", *args)
 
-    def flush(self) -> None:
-        q = self.outq
-        if not q:
-            return
-        by: dict = {}
-        for p in q:
-            dst = p[16:19] if p[0] >> 4 == 4 else p[24:28]
-            by.setdefault(self.route.get(dst, self.tuns[0]), []).append(p)
-        q.clear()
-        for t, pkts in by.items():
-            if self.down or self.loss:
-                pkts = [p for p in pkts if not self._lose(t)]
-            t.write_batch(pkts)
+    def route(self, p: bytes) -> int:
+        return self.paths.get(p[16:19] if p[0] >> 4 == 4 else p[24:28], 0)
+
+    def egress(self, i: int, p: bytes) -> bytes | None:
+        return None if (self.down or self.loss) and self._lose(self.tuns[i]) else p
+
+    ingress = egress
 
     def _lose(self, t) -> bool:
         if t in self.down or (self.loss and self.rng.random() < self.loss):
             self.dropped += 1
             return True
         return False
-
-    def run_until(self, pred, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        fds = [t.fileno() for t in self.tuns]
-        host = self.host
-        while True:
-            now = time.monotonic()
-            host.advance(now)
-            self.flush()
-            if pred():
-                self.flush()
-                return True
-            if now > end:
-                return False
-            nd = self.timers.next_deadline()
-            wait = 0.02 if nd is None else max(0.0, min(0.02, nd - now))
-            r, _, _ = select.select(fds, [], [], wait)
-            now = time.monotonic()
-            for t in self.tuns:
-                for p in t.read_batch(256):
-                    if (self.down or self.loss) and self._lose(t):
-                        continue
-                    host.input(p, now)
-            self.flush()
-
-    def ksocket(self, family: int = socket.AF_INET, proto: int = IPPROTO_MPTCP) -> socket.socket:
-        return run_in_netns(self.ns, lambda: socket.socket(family, socket.SOCK_STREAM, proto))
-
-    def close(self) -> None:
-        for t in self.tuns:
-            t.close()
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
 
 
 @pytest.fixture
@@ -221,14 +151,7 @@ def exchange(lab: TunLab, conn, out: bytes, server: bool, timeout: float) -> tup
         if c.connected and state["sent"] >= len(out) and not state["shut"] and (c.eof or not server):
             c.shutdown()
             state["shut"] = True
-        try:
-            while True:
-                b = c.recv(1 << 18)
-                if not b:
-                    break
-                got.extend(b)
-        except BlockingIOError:
-            pass
+        read_available(c, got)
         return (c.eof and state["shut"] and (c._fin_acked or c.fallback and c.closed)
                 or c.error is not None)
 
@@ -247,7 +170,7 @@ def run_transfer(lab: TunLab, role: str, size: int, ours_csum: bool, kernel_csum
     ours_data = rng.randbytes(size)
     kern_data = rng.randbytes(size + 7)
     res: dict = {}
-    before = mib(lab.ns)
+    before = lab.mib()
     port = 5000 + random.randrange(1000)
     if role == "kernel_server":
         lab.endpoint(signal, "dev", "mpbmB", "signal")
@@ -292,7 +215,7 @@ def run_transfer(lab: TunLab, role: str, size: int, ours_csum: bool, kernel_csum
     lab.run_until(lambda: not th.is_alive(), 30)
     th.join(5)
     lab.run_until(lambda: False, 0.3)
-    after = mib(lab.ns)
+    after = lab.mib()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     return {"ok": ok, "got": got, "kern": res, "ours_data": ours_data, "kern_data": kern_data,
             "mib": delta, "conn": conn, "stats": dict(host.stats)}

@@ -3,8 +3,6 @@ with its metadata, and the RST we send (next hop resolved through the kernel) re
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import select
 import socket
 import subprocess
@@ -16,15 +14,10 @@ import pytest
 
 from mptcp_bpf.datapath import structs as S
 from mptcp_bpf.datapath.tun import run_in_netns
+from test_tun import answer  # same directory (rootdir-relative import)
+from test_xsk import bench  # tools/bench_xsk.py: its VethLab
 
 pytestmark = pytest.mark.priv
-
-_BENCH = pathlib.Path(__file__).resolve().parents[2] / "tools" / "bench_xsk.py"
-_spec = importlib.util.spec_from_file_location("mpbx_bench_xsk", _BENCH)
-bench = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(bench)  # type: ignore[union-attr]
-
-from test_tun import answer  # noqa: E402  same directory (rootdir-relative import)
 
 PORT = 5555
 

@@ -31,6 +31,16 @@ def reset(lab) -> None:
         set_our_sysctl(lab, node, enabled=1, checksum=0, version=1, debug=0, syn_retries=3)
 
 
+@pytest.fixture
+def defaults(lab):
+    """Our sysctls at their defaults, before and after the test."""
+    reset(lab)
+    try:
+        yield
+    finally:
+        reset(lab)
+
+
 def wait_listening(srv: subprocess.Popen) -> None:
     """The perf server says when it listens (its stack may take seconds to start)."""
     lines = []
@@ -70,64 +80,55 @@ def ours_vs_ours(lab, port: int, nbytes: str = "2M", client_args=(), server_args
     return json.loads(out)
 
 
+@pytest.mark.usefixtures("defaults")
 def test_version_and_checksum(lab):
-    reset(lab)
-    try:
-        set_our_sysctl(lab, "client", version=0)
-        end = ours_vs_ours(lab, 9001)["end"]
-        assert end["version"] == 0 and not end["fallback"], end
-        set_our_sysctl(lab, "client", version=1, checksum=1)
-        end = ours_vs_ours(lab, 9002)["end"]
-        assert end["version"] == 1 and end["csum"] is True, end
-        set_our_sysctl(lab, "client", checksum=0)
-        end = ours_vs_ours(lab, 9003)["end"]
-        assert end["csum"] is False, end
-    finally:
-        reset(lab)
+    set_our_sysctl(lab, "client", version=0)
+    end = ours_vs_ours(lab, 9001)["end"]
+    assert end["version"] == 0 and not end["fallback"], end
+    set_our_sysctl(lab, "client", version=1, checksum=1)
+    end = ours_vs_ours(lab, 9002)["end"]
+    assert end["version"] == 1 and end["csum"] is True, end
+    set_our_sysctl(lab, "client", checksum=0)
+    end = ours_vs_ours(lab, 9003)["end"]
+    assert end["csum"] is False, end
 
 
+@pytest.mark.usefixtures("defaults")
 def test_enabled_modes(lab):
-    reset(lab)
-    try:
-        set_our_sysctl(lab, "server", enabled=0)
-        end = ours_vs_ours(lab, 9011, "1M")["end"]
-        assert end["fallback"] is True, f"mptcp_enabled=0 on the server: plain TCP {end}"
-        set_our_sysctl(lab, "server", enabled=1)
-        set_our_sysctl(lab, "client", enabled=2)
-        end = ours_vs_ours(lab, 9012, "1M")["end"]
-        assert end["fallback"] is True, f"mode 2 without MPTCP_ENABLED: plain TCP {end}"
-        end = ours_vs_ours(lab, 9013, "1M", client_args=["--mptcp"])["end"]
-        assert end["fallback"] is False, f"mode 2 with MPTCP_ENABLED=1: MPTCP {end}"
-    finally:
-        reset(lab)
+    set_our_sysctl(lab, "server", enabled=0)
+    end = ours_vs_ours(lab, 9011, "1M")["end"]
+    assert end["fallback"] is True, f"mptcp_enabled=0 on the server: plain TCP {end}"
+    set_our_sysctl(lab, "server", enabled=1)
+    set_our_sysctl(lab, "client", enabled=2)
+    end = ours_vs_ours(lab, 9012, "1M")["end"]
+    assert end["fallback"] is True, f"mode 2 without MPTCP_ENABLED: plain TCP {end}"
+    end = ours_vs_ours(lab, 9013, "1M", client_args=["--mptcp"])["end"]
+    assert end["fallback"] is False, f"mode 2 with MPTCP_ENABLED=1: MPTCP {end}"
 
 
+@pytest.mark.usefixtures("defaults")
 def test_debug_log(lab):
-    reset(lab)
-    try:
-        set_our_sysctl(lab, "client", debug=1)
-        port = 9021
-        srv = lab.popen("server", [PY, "-m", "mptcp_bpf", "perf", "-s", "-1", "-p",
-                                   str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        wait_listening(srv)
-        cli = lab.popen("client", [PY, "-m", "mptcp_bpf", "perf", "-q", "-c",
-                                   lab.addresses("server")[0], "-p", str(port), "-n", "256K"],
-                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        res = finish([cli, srv], 120)
-        assert res[0][0] == 0, (res, holders(lab, "client"))
-        log = res[0][1]
-        assert "mptcp-bpf debug: created" in log and "established" in log, log[-2000:]
-        assert "mptcp-bpf debug" not in res[1][1], "debug is per namespace: server has it off"
-    finally:
-        reset(lab)
+    set_our_sysctl(lab, "client", debug=1)
+    port = 9021
+    srv = lab.popen("server", [PY, "-m", "mptcp_bpf", "perf", "-s", "-1", "-p",
+                               str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    wait_listening(srv)
+    cli = lab.popen("client", [PY, "-m", "mptcp_bpf", "perf", "-q", "-c",
+                               lab.addresses("server")[0], "-p", str(port), "-n", "256K"],
+                    stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    res = finish([cli, srv], 120)
+    assert res[0][0] == 0, (res, holders(lab, "client"))
+    log = res[0][1]
+    assert "mptcp-bpf debug: created" in log and "established" in log, log[-2000:]
+    assert "mptcp-bpf debug" not in res[1][1], "debug is per namespace: server has it off"
 
 
+@pytest.mark.usefixtures("defaults")
 @pytest.mark.parametrize("impair", ["drop_mpc_syn", "strip_mptcp_syn"])
 def test_syn_retries_fallback(lab, tmp_path, impair):
     """A middlebox eats MP_CAPABLE SYNs (or strips the option): after mptcp_syn_retries
     SYNs our client drops MP_CAPABLE, the connection works as plain TCP and the data
     arrives (kernel server)."""
-    reset(lab)
     set_our_sysctl(lab, "client", syn_retries=1)
     for p in (1, 2):
         if impair == "drop_mpc_syn":
@@ -152,6 +153,5 @@ def test_syn_retries_fallback(lab, tmp_path, impair):
         kill_all(procs)
         for p in (1, 2):
             lab.link(p, clear=True)
-        reset(lab)
     assert os.path.exists(dst) and sha256_file(dst) == want, res
     assert all(rc == 0 for rc, _ in res), res

@@ -130,6 +130,25 @@ class Loop:
             self.pump_kernel()
 
 
+def kernel_connect(lab, fam: int, port: int, rcvbuf: int = 0) -> socket.socket:
+    """A non-blocking kernel socket of the lab's namespace, connecting to our `port`."""
+    ns, _, socks = lab
+
+    def mk() -> socket.socket:
+        s = socket.socket(socket.AF_INET if fam == 4 else socket.AF_INET6, socket.SOCK_STREAM)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        return s
+    k = run_in_netns(ns, mk)
+    socks.append(k)
+    k.setblocking(False)
+    try:
+        k.connect((FAMILIES[fam]["our"], port))
+    except BlockingIOError:
+        pass
+    return k
+
+
 def _pump_ours(loop: Loop, conn: PlainConn, data: bytes, state: dict) -> None:
     """Feed our side in 64 KiB chunks (a bounded send queue) and drain what arrived."""
     now = time.monotonic()
@@ -200,20 +219,11 @@ def test_our_client_kernel_server(lab, fam, loss, bare):
 
 @pytest.mark.parametrize("fam,loss", [(4, 0.0), (6, 0.0), (6, 0.02)])
 def test_kernel_client_our_server(lab, fam, loss):
-    ns, tun, socks = lab
-    f = FAMILIES[fam]
-    af = socket.AF_INET if fam == 4 else socket.AF_INET6
+    _, tun, _ = lab
     loop = Loop(tun, fam, loss)
     accepted: list[PlainConn] = []
     loop.host.listen(5002, accepted.append)
-    k = run_in_netns(ns, lambda: socket.socket(af, socket.SOCK_STREAM))
-    socks.append(k)
-    k.setblocking(False)
-    try:
-        k.connect((f["our"], 5002))
-    except BlockingIOError:
-        pass
-    loop.ksock = k
+    loop.ksock = kernel_connect(lab, fam, 5002)
     up, down = os.urandom(SIZE), os.urandom(SIZE)   # up: kernel -> us
     loop.k_tx = up
     loop.run(lambda: bool(accepted) and accepted[0].established, 30)
@@ -237,23 +247,11 @@ def test_kernel_client_our_server(lab, fam, loss):
 def test_kernel_zero_window_and_our_probes(lab):
     """A kernel receiver with a tiny buffer that stops reading: its window closes, we
     probe (seq = snd_una - 1), it reopens when the application reads again."""
-    ns, tun, socks = lab
-    f = FAMILIES[4]
+    _, tun, _ = lab
     loop = Loop(tun, 4)
     accepted: list[PlainConn] = []
     loop.host.listen(5003, accepted.append)
-
-    def mk() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        return s
-    k = run_in_netns(ns, mk)
-    socks.append(k)
-    k.setblocking(False)
-    try:
-        k.connect((f["our"], 5003))
-    except BlockingIOError:
-        pass
+    k = kernel_connect(lab, 4, 5003, rcvbuf=4096)
     loop.run(lambda: bool(accepted) and accepted[0].established, 30)
     conn = accepted[0]
     data = os.urandom(256 * 1024)

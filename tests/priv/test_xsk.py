@@ -24,6 +24,8 @@ _spec = importlib.util.spec_from_file_location("mpbx_bench_xsk", _BENCH)
 bench = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(bench)  # type: ignore[union-attr]
 
+from test_tun import csum  # noqa: E402  same directory (rootdir-relative import)
+
 PORT = 9999
 
 
@@ -67,15 +69,6 @@ def drain(xsk: XskSocket, want: int, timeout: float = 20.0) -> list[tuple[bytes,
         select.select([xsk], [], [], 0.1)
         got += xsk.recv_batch(64)
     return got
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def test_zero_copy_views_and_l3_receive(lab, rx):

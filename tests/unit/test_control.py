@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 
@@ -82,16 +80,6 @@ class FakeStack:
             subs = list(self.subs)
         for cb in subs:
             cb(ev)
-
-
-@pytest.fixture
-def ctl_dir(monkeypatch):
-    d = tempfile.mkdtemp(prefix="mpbp")
-    monkeypatch.setenv("MPTCP_BPF_CTL_DIR", d)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

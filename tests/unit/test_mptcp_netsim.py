@@ -888,16 +888,31 @@ def test_mp_fail_single_subflow_falls_back_with_infinite_mapping(version, toward
     assert p.client.fallback and p.server.fallback
 
 
-def _batched_transfer(batch: bool) -> tuple[bool, int, dict]:
+class _Sum:
+    """Fast-path-like metadata: the payload's ones'-complement sum (Host.fast_sum)."""
+
+    def __init__(self, s: int) -> None:
+        self.payload_sum = s
+
+
+def _batched_transfer(batch: bool, sums: int | None = None,
+                      **impair: float) -> tuple[bool, int, dict]:
     """1.5 MB client -> server; the server's packets are handed over every 2 ms, as one
-    input_batch (or one by one). Returns (intact, packets the server sent, server stats)."""
-    p = Pair(paths=1, csum=(True, True))
+    input_batch (or one by one). sums: give each data packet its payload sum as metadata,
+    plus `sums` (0: right, else wrong). Returns (intact, packets the server sent, stats)."""
+    from mptcp_bpf.wire.checksum import csum_add, csum_partial
+    p = Pair(paths=1, csum=(True, True), **impair)
     p.connect()
     q: list = []
     sent = _tap(p.b)
 
     def collect(pkt, now):
-        q.append((bytes(pkt), None))
+        meta = None
+        if sums is not None:
+            pl = parse_ip_packet(pkt).payload
+            if len(pl):
+                meta = _Sum(csum_add(csum_partial(pl), sums) if sums else csum_partial(pl))
+        q.append((bytes(pkt), meta))
 
     def tick(now):
         items, q[:] = list(q), []
@@ -926,3 +941,18 @@ def test_input_batch_acks_once_per_batch():
     h = Host()
     h.input_batch([b"\x45garbage", (b"", None), b"\x60" * 3], 1.0)
     assert h.stats["rx_malformed_packet"] == 3
+
+
+def test_input_batch_coalesces_in_order_runs():
+    """Runs of in-order segments of a batch go in merged (wire.gro): the stream stays
+    intact with DSS checksums on (summed over the merged payload)."""
+    ok, _, stats = _batched_transfer(True)
+    assert ok and stats["rx_coalesced"] > 0, stats
+    # with per-packet payload sums (as the fast path gives), merged runs add them up
+    ok, _, stats = _batched_transfer(True, sums=0)
+    assert ok and stats["rx_coalesced"] > 0 and not stats.get("rx_csum_fail"), stats
+    ok, _, stats = _batched_transfer(True, sums=1)   # wrong sums: the DSS check uses them
+    assert stats.get("rx_csum_fail", 0) >= 1, stats
+    # loss and reordering: merged runs land in the out-of-order queue and holes fill
+    ok, _, stats = _batched_transfer(True, sums=0, loss=0.02, reorder=0.02, seed=5)
+    assert ok and stats["rx_coalesced"] > 0 and not stats.get("rx_csum_fail"), stats

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 
 import pytest
 
@@ -12,16 +10,6 @@ from mptcp_bpf import control, plugins
 from mptcp_bpf.cli.commands.plugin import parse_setting
 from mptcp_bpf.cli.main import main
 from mptcp_bpf.errors import HintedError
-
-
-@pytest.fixture
-def ctl_dir(monkeypatch):
-    d = tempfile.mkdtemp(prefix="mpbp")
-    monkeypatch.setenv("MPTCP_BPF_CTL_DIR", d)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Stack:

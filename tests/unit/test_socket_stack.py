@@ -62,6 +62,15 @@ def net_factory():
         n.close()
 
 
+def sha256_until_eof(sock: MptcpSocket) -> str:
+    h = hashlib.sha256()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+
+
 def transfer(net: Net, size: int, port: int = 7000, reverse: bool = False,
              during=None, timeout: float = 120.0) -> tuple[str, str, MptcpSocket]:
     """Send `size` random bytes client->server (or back); returns both sha256 and the
@@ -83,13 +92,7 @@ def transfer(net: Net, size: int, port: int = 7000, reverse: bool = False,
                 conn.shutdown(pysocket.SHUT_WR)
                 result["srv_eof"] = conn.recv(1)
             else:
-                h = hashlib.sha256()
-                while True:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                result["got"] = h.hexdigest()
+                result["got"] = sha256_until_eof(conn)
                 conn.shutdown(pysocket.SHUT_WR)
 
     t = threading.Thread(target=server, daemon=True)
@@ -100,13 +103,7 @@ def transfer(net: Net, size: int, port: int = 7000, reverse: bool = False,
     if during is not None:
         threading.Thread(target=during, args=(cli,), daemon=True).start()
     if reverse:
-        h = hashlib.sha256()
-        while True:
-            chunk = cli.recv(65536)
-            if not chunk:
-                break
-            h.update(chunk)
-        result["got"] = h.hexdigest()
+        result["got"] = sha256_until_eof(cli)
         cli.shutdown(pysocket.SHUT_WR)
     else:
         cli.sendall(data)
@@ -116,6 +113,24 @@ def transfer(net: Net, size: int, port: int = 7000, reverse: bool = False,
     srv.close()
     assert not t.is_alive(), "server thread did not finish"
     return hashlib.sha256(data).hexdigest(), result.get("got", ""), cli
+
+
+def connected(net: Net, port: int) -> tuple[MptcpSocket, MptcpSocket, MptcpSocket]:
+    """(listener, client, accepted), fully established: one byte went each way."""
+    srv = MptcpSocket(stack=net.srv)
+    srv.bind(("", port))
+    srv.listen()
+    srv.settimeout(30)
+    cli = MptcpSocket(stack=net.cli)
+    cli.settimeout(30)
+    cli.connect((SRV[0], port))
+    acc, _ = srv.accept()
+    acc.settimeout(30)
+    acc.sendall(b"!")  # a data exchange: the connection becomes fully established
+    assert cli.recv(1) == b"!"
+    cli.sendall(b"?")
+    assert acc.recv(1) == b"?"
+    return srv, cli, acc
 
 
 @pytest.mark.parametrize("version", [0, 1])
@@ -194,20 +209,8 @@ def test_enhanced_api(net_factory):
     """The seed's C examples, line by line: list subflows, read tuples, open a subflow from
     another source port, close one by id (no data lost), TCP_INFO, IP_TOS on the wire."""
     net = net_factory(cfg(path_manager="default"), cfg(path_manager="default"))
-    srv = MptcpSocket(stack=net.srv)
-    srv.bind(("", 7100))
-    srv.listen()
-    srv.settimeout(30)
-    cli = MptcpSocket(stack=net.cli)
-    cli.settimeout(30)
-    cli.connect((SRV[0], 7100))
-    acc, _ = srv.accept()
-    acc.settimeout(30)
+    srv, cli, acc = connected(net, 7100)
     try:
-        acc.sendall(b"!")  # a data exchange: the connection becomes fully established
-        assert cli.recv(1) == b"!"
-        cli.sendall(b"?")
-        assert acc.recv(1) == b"?"
         # getsockopt(MPTCP_GET_SUB_IDS) with a too small buffer: EINVAL
         with pytest.raises(OSError) as ei:
             cli.getsockopt(so.SOL_TCP, mptcp_bpf.MPTCP_GET_SUB_IDS, 1)
@@ -278,12 +281,19 @@ def test_enhanced_api(net_factory):
                            meta_len=len(meta), sub_info_len=so.MPTCP_SUB_INFO_SIZE,
                            total_sub_info_len=len(addrs), meta_info=ctypes.addressof(meta),
                            subflows=ctypes.addressof(subs), subflow_info=ctypes.addressof(addrs))
-        out = so.MptcpInfo.unpack(cli.getsockopt(so.SOL_TCP, mptcp_bpf.MPTCP_INFO, req.pack()))
+        # the reader has every byte, but the last data ACK may still be on its way back
+        deadline = time.monotonic() + 10
+        while True:
+            out = so.MptcpInfo.unpack(cli.getsockopt(so.SOL_TCP, mptcp_bpf.MPTCP_INFO,
+                                                     req.pack()))
+            m = so.MptcpMetaInfo.unpack(meta.raw)
+            if m.bytes_acked >= len(data) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         live = cli.sub_ids()
         assert out.meta_len == so.MPTCP_META_INFO_SIZE
         assert out.sub_len == len(live) * so.TCP_INFO_SIZE
         assert out.total_sub_info_len == len(live) * so.MPTCP_SUB_INFO_SIZE
-        m = so.MptcpMetaInfo.unpack(meta.raw)
         assert m.state == so.TCP_STATES["ESTABLISHED"] and m.bytes_acked >= len(data)
         first_info = so.SubInfo.unpack(addrs.raw[:so.MPTCP_SUB_INFO_SIZE])
         assert first_info.dst.port == 7100
@@ -332,20 +342,8 @@ def test_forged_joins_refused(net_factory):
     atk.sock.setblocking(True)
     atk.sock.settimeout(10)
     net.srv.add_port(victim, ["10.0.3.2"])
-    srv = MptcpSocket(stack=net.srv)
-    srv.bind(("", 7300))
-    srv.listen()
-    srv.settimeout(30)
-    cli = MptcpSocket(stack=net.cli)
-    cli.settimeout(30)
-    cli.connect((SRV[0], 7300))
-    acc, _ = srv.accept()
-    acc.settimeout(30)
+    srv, cli, acc = connected(net, 7300)
     try:
-        acc.sendall(b"!")
-        assert cli.recv(1) == b"!"
-        cli.sendall(b"?")
-        assert acc.recv(1) == b"?"
         token = int(acc.info()["token"], 16)
         conn = acc.connection
 

@@ -7,7 +7,7 @@ they all ask the stack of this network namespace through its control socket.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 from mptcp_bpf.cli.common import emit
 from mptcp_bpf.control import ControlClient
@@ -21,6 +21,24 @@ def client(args: argparse.Namespace) -> ControlClient:
 def add_socket_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", metavar="PATH",
                    help="control socket (default: the stack of this network namespace)")
+
+
+def add_show_command(sub: argparse._SubParsersAction, name: str, help: str, show_help: str,
+                     token_help: str, func: Callable[[argparse.Namespace], int]) -> None:
+    """`NAME show|list [TOKEN] [--socket PATH]`, and `NAME` alone shows too."""
+    p = sub.add_parser(name, help=help)
+    cmds = p.add_subparsers(dest="command", metavar="COMMAND")
+    show = cmds.add_parser("show", aliases=["list"], help=show_help)
+    show.add_argument("token", nargs="?", help=token_help)
+    add_socket_option(show)
+    show.set_defaults(func=func)
+    p.set_defaults(func=func, token=None, socket=None)
+
+
+def request_by_token(args: argparse.Namespace, what: str) -> tuple[int | None, Any]:
+    """The stack's `what` (a control request), of connection `args.token` only if given."""
+    tok = parse_token(args.token)
+    return tok, client(args).request(what, **({"token": tok} if tok is not None else {}))
 
 
 def parse_token(text: str | None) -> int | None:
@@ -65,10 +83,14 @@ def ms(value: Any) -> str:
         return str(value)
 
 
-def extras(d: dict[str, Any], shown: set[str]) -> str:
+def with_extras(lines: list[str], d: dict[str, Any], shown: set[str]) -> str:
+    """`lines`, then one line of the scalar fields of `d` not in `shown` (what a newer
+    stack reports shows up without a CLI change)."""
     rest = [f"{k} {v}" for k, v in d.items()
             if k not in shown and v is not None and not isinstance(v, (dict, list))]
-    return " ".join(rest)
+    if rest:
+        lines.append("\t" + " ".join(rest))
+    return "\n".join(lines)
 
 
 CONN_SHOWN = {"token", "version", "state", "csum", "checksum", "local_key", "remote_key",
@@ -104,25 +126,17 @@ def format_conn(c: dict[str, Any]) -> str:
                  f" bytes_acked {_count(c, 'bytes_acked', 'snd_una')}"
                  f" bytes_received {_count(c, 'bytes_received', 'rcv_nxt')}"
                  f" subflows {len(c.get('subflows') or [])}")
-    more = extras(c, CONN_SHOWN)
-    if more:
-        lines.append("\t" + more)
-    return "\n".join(lines)
+    return with_extras(lines, c, CONN_SHOWN)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("conn", help="MPTCP connections of the running stack")
-    cmds = p.add_subparsers(dest="command", metavar="COMMAND")
-    show = cmds.add_parser("show", aliases=["list"], help="show connections (like ss -M)")
-    show.add_argument("token", nargs="?", help="only this connection (local token)")
-    add_socket_option(show)
-    show.set_defaults(func=show_conns)
-    p.set_defaults(func=show_conns, token=None, socket=None)
+    add_show_command(sub, "conn", "MPTCP connections of the running stack",
+                     "show connections (like ss -M)", "only this connection (local token)",
+                     show_conns)
 
 
 def show_conns(args: argparse.Namespace) -> int:
-    tok = parse_token(args.token)
-    conns = client(args).request("conns", **({"token": tok} if tok is not None else {}))
+    tok, conns = request_by_token(args, "conns")
     if tok is not None and not conns:
         raise HintedError(f"no connection with token {hexa(tok)}",
                           "list them with `mptcp-bpf conn show`")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mptcp_bpf.cli.commands.conn import (add_socket_option, addr, client, extras, hexa, ms,
-                                         parse_token)
+from mptcp_bpf.cli.commands.conn import (add_show_command, addr, hexa, ms, request_by_token,
+                                         with_extras)
 from mptcp_bpf.cli.common import emit
 
 SF_SHOWN = {"token", "id", "local_id", "remote_id", "local", "remote", "state", "backup",
@@ -39,26 +39,16 @@ def format_subflow(s: dict[str, Any]) -> str:
              f" mss {s.get('mss', '-')} in_flight {s.get('in_flight', '-')}"
              f" bytes_sent {s.get('bytes_sent', '-')} bytes_acked {s.get('bytes_acked', '-')}"
              f" bytes_received {s.get('bytes_received', '-')}")
-    lines = [head, line2, f"\tmapping {format_mapping(s.get('mapping'))}"]
-    more = extras(s, SF_SHOWN)
-    if more:
-        lines.append("\t" + more)
-    return "\n".join(lines)
+    return with_extras([head, line2, f"\tmapping {format_mapping(s.get('mapping'))}"], s, SF_SHOWN)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("subflow", help="subflows of the running stack (like ss -tiM)")
-    cmds = p.add_subparsers(dest="command", metavar="COMMAND")
-    show = cmds.add_parser("show", aliases=["list"], help="show subflows")
-    show.add_argument("token", nargs="?", help="only the subflows of this connection")
-    add_socket_option(show)
-    show.set_defaults(func=show_subflows)
-    p.set_defaults(func=show_subflows, token=None, socket=None)
+    add_show_command(sub, "subflow", "subflows of the running stack (like ss -tiM)",
+                     "show subflows", "only the subflows of this connection", show_subflows)
 
 
 def show_subflows(args: argparse.Namespace) -> int:
-    tok = parse_token(args.token)
-    rows = client(args).request("subflows", **({"token": tok} if tok is not None else {}))
+    _, rows = request_by_token(args, "subflows")
     text = "\n".join(format_subflow(r) for r in rows) if rows else "no subflows"
     emit(args, rows, text)
     return 0
