@@ -2,7 +2,7 @@
 """Fairness at one shared bottleneck: one MPTCP connection of our stack with two subflows
 (ndiffports, same address pair) against one kernel TCP Reno flow, per congestion control.
 
-Lab: one path, client -> server shaped to --rate with --delay each way, random early drop
+Lab: one path, client -> server shaped to --rate with --delay (20 ms) each way, random early drop
 at the bottleneck (mptcp_bpf/lab/aqm.py: without it a drop-tail queue hits the kernel flow
 alone, see docs/EXPERIMENTS.md). The kernel server receives both flows and samples their
 bytes on one clock; the ratio is MPTCP goodput / TCP goodput over the time both ran.
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     X.common_args(p, "fair")
     p.add_argument("--cc", action="append", help=f"controllers to run (default {', '.join(CCS)})")
     p.add_argument("--rate", default="20mbit", help="bottleneck rate (20mbit)")
-    p.add_argument("--delay", type=float, default=5.0, help="one-way delay, ms (5)")
+    # 20 ms: a window of tens of segments, where AIMD (what the controllers differ in) and
+    # not loss recovery at 5-10 segments (timeouts, RACK) decides the shares
+    p.add_argument("--delay", type=float, default=20.0, help="one-way delay, ms (20)")
     p.add_argument("--time", type=float, help="seconds per run (30; fast 12)")
     p.add_argument("--warmup", type=float, help="seconds ignored at the start (5; fast 3)")
     p.add_argument("--no-single", action="store_true", help="skip our single-path reference run")

@@ -12,7 +12,8 @@ from mptcp_bpf.cc.olia import Olia
 from mptcp_bpf.cc.wvegas import INITIAL_ALPHA, TOTAL_ALPHA, GAMMA, Wvegas
 from mptcp_bpf.tcp.congestion import CongestionControl
 
-plugins.register("cc", "reno", CongestionControl, doc="uncoupled Reno (RFC 5681) per subflow")
+plugins.register("cc", "reno", CongestionControl, params={"hystart": True},
+                 doc="uncoupled Reno (RFC 5681) per subflow, HyStart++ (RFC 9406) slow start")
 plugins.register("cc", "lia", Lia, doc="RFC 6356 linked increases (coupled)")
 plugins.register("cc", "olia", Olia, doc="opportunistic linked increases (coupled)")
 plugins.register("cc", "balia", Balia, doc="balanced linked adaptation (coupled)")

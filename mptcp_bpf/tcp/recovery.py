@@ -42,7 +42,6 @@ class RecoveryMixin:
             win_changed = False
         sack = opts.sack if self.sack_ok else None
         sacked_before = self.sacked_out
-        rack_before = self._rack_xmit
         new_sack = self._on_sack(sack) if sack else 0
         if ack > snd_una:
             self._on_new_ack(ack, opts, now)
@@ -51,8 +50,6 @@ class RecoveryMixin:
             self._on_dupack(new_sack, now)
         elif new_sack and self.snd_nxt > snd_una:
             self._on_dupack(new_sack, now)
-        if self.retrans_out and self._rack_xmit > rack_before:
-            self._lost_retransmissions()
         if self.in_recovery:
             # DeliveredData (RFC 6937): newly cumulatively acked + newly SACKed bytes
             self._prr(self.snd_una - snd_una + self.sacked_out - sacked_before)
@@ -125,8 +122,6 @@ class RecoveryMixin:
             rtt = ((self._tsval(now) - opts.ts[1]) & _M32) / 1000.0
         if rtt is not None and rtt >= 0:
             self._rtt_sample(rtt, now, opts)
-        if sample_seg is not None and sample_seg.tx_time > self._rack_xmit:
-            self._rack_xmit = sample_seg.tx_time
         # recovery bookkeeping
         if self.in_recovery:
             if ack >= self._recover:
@@ -257,25 +252,6 @@ class RecoveryMixin:
             sndcnt = self.mss  # the fast retransmit itself always goes out
         self.cwnd = pipe + sndcnt
 
-    def _lost_retransmissions(self) -> None:
-        """RFC 8985 (RACK), the one rule RFC 6675 lacks: a retransmission is lost when a
-        segment first sent more than reo_wnd (min RTT / 4) after it has been delivered;
-        it is sent again instead of waiting for the RTO. On a TBF whose queue is still
-        full when recovery starts, retransmissions are dropped too, and each one lost
-        cost an RTO (0.4-0.6 s with nothing sent on a 25 ms path)."""
-        limit = self._rack_xmit - max((self.min_rtt or 0.0) / 4, 0.001)
-        q = self._q
-        first = -1
-        for i in range(self._head, min(self._rtx_ptr, len(q))):
-            s = q[i]
-            if s.retrans and s.lost and s.tx_time < limit:
-                s.retrans = 0
-                self.retrans_out -= s.end - s.seq
-                if first < 0:
-                    first = i
-        if first >= 0 and first < self._rtx_ptr:
-            self._rtx_ptr = first
-
     def _mark_head_lost(self) -> None:
         q = self._q
         i = self._head
@@ -381,8 +357,6 @@ class RecoveryMixin:
                 s.sacked = True
                 got += ln
                 self.sacked_out += ln
-                if not s.rexmit and s.tx_time > self._rack_xmit:
-                    self._rack_xmit = s.tx_time
                 if s.lost:
                     self.lost_out -= ln
                     if s.retrans:

@@ -142,7 +142,6 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self._rtx_ptr = 0             # index: lost segments below it were retransmitted
         self._sack_ranges: list[list[int]] = []
         self._high_sacked = 0
-        self._rack_xmit = 0.0          # newest first-transmission time among delivered segments
         # unsent chunks: [data(memoryview), meta, offset, chunk_seq or None]
         self._unsent: deque[list[Any]] = deque()
         self.unsent_bytes = 0

@@ -886,28 +886,3 @@ def test_rto_during_fast_recovery_keeps_recovery_ssthresh():
     assert seen and seen[0][0], seen             # the RTO fired during fast recovery
     assert seen[0][2] == seen[0][1] > 4 * mss    # ssthresh kept from recovery entry
 
-
-def test_lost_retransmission_is_resent_without_rto():
-    """RFC 8985's rule for lost retransmissions: once a segment sent after the fast
-    retransmission is SACKed, the retransmission is lost and goes again, no RTO."""
-    p = Pair(delay=0.02, rate=20e6)
-    c, s = p.connect()
-    mss = c.sf.mss
-    warm = payload(300_000, 1)
-    c.send(warm, p.net.now)
-    p.net.run_until(lambda: c.sf.snd_una == c.sf.snd_nxt, 60)
-    target = c.sf.snd_nxt - 1 + 5 * mss
-    drops = {"n": 0}
-
-    def drop(pkt: bytes) -> bool:   # the segment and its first retransmission
-        q = parse_ip_packet(pkt)
-        if q.src == A and len(q.payload) and (q.seq - c.sf.iss - 1) & 0xFFFFFFFF == target \
-                and drops["n"] < 2:
-            drops["n"] += 1
-            return True
-        return False
-    p.link.set(drop=drop)
-    data = payload(400_000, 2)
-    got, _ = transfer(p, c, s, data)
-    assert got == warm + data and drops["n"] == 2
-    assert c.sf.rto_count == 0 and c.sf.recoveries == 1
