@@ -10,7 +10,9 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from mptcp_bpf.errors import HintedError
 from mptcp_bpf.cli import commands
@@ -27,7 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (kill, timeout, a test's cleanup) unwinds like Ctrl-C: the commands' finally
+    blocks close their stack, which removes its fast-path entries and control socket."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)   # a real command line, not a test's call
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -131,3 +131,33 @@ def test_nc_pump_half_close(monkeypatch):
     assert nc.pump(sock) == 0
     assert out.buffer.getvalue() == b"hello world"
     assert bytes(sock.sent) == b"x" * 100000 and sock.shut
+
+
+def test_sigterm_runs_the_commands_cleanup():
+    """`kill` of a running command unwinds it (exit 143) so its finally blocks close the
+    stack: fast-path entries and the control socket do not outlive the process."""
+    import signal
+    import subprocess
+    import sys
+    code = (
+        "import argparse, sys, time\n"
+        "from mptcp_bpf.cli import main as m\n"
+        "def func(a):\n"
+        "    try:\n"
+        "        print('ready', flush=True); time.sleep(60)\n"
+        "    finally:\n"
+        "        print('cleaned up', flush=True)\n"
+        "class P:\n"
+        "    def parse_args(self, argv): return argparse.Namespace(func=func)\n"
+        "m.build_parser = lambda: P()\n"
+        "sys.exit(m.main())\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert out.strip() == "cleaned up" and p.returncode == 128 + signal.SIGTERM
