@@ -10,12 +10,12 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from mptcp_bpf import control
-from test_interop_util import KERNEL_HOLDER, PY, kill_all, lab_for, mptcp_cli, wait_for
+from test_interop_util import (KERNEL_HOLDER, PY, kill_all, lab_for, mptcp_cli, read_events,
+                               wait_for)
 
 pytestmark = pytest.mark.priv
 
@@ -126,15 +126,8 @@ def test_endpoint_changes_reach_a_kernel_peer(live):
     assert all(e["address"] != EXTRA for e in ok_json(lab, "endpoint", "show"))
     assert len(our_subflows(lab)) >= 1, "the connection lost its other subflows"
 
-    events: list[dict] = []
     wanted = ("endpoint_added", "announced", "sf_priority", "removed", "endpoint_removed",
               "limits_set")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(
-            any(e.get("type") == k for e in events) for k in wanted):
-        line = monitor.stdout.readline()
-        if not line:
-            break
-        events.append(json.loads(line))
+    events = read_events(monitor.stdout, wanted, 30)
     for kind in wanted:
         assert any(e.get("type") == kind for e in events), f"monitor missed {kind!r}: {events}"

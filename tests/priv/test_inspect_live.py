@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from test_interop_util import KERNEL_HOLDER, PY, kill_all, lab_for, wait_for
+from test_interop_util import KERNEL_HOLDER, PY, kill_all, lab_for, read_events, wait_for
 from test_interop_util import mptcp_cli as cli
 
 pytestmark = pytest.mark.priv
@@ -79,15 +79,8 @@ def test_every_command_with_a_running_stack(live):
         r = cli(lab, "server", "-j", *obj)
         assert r.returncode == 0 and json.loads(r.stdout), (obj, r.stderr)
 
-    events: list[dict] = []
-    deadline = time.monotonic() + 30
     wanted = ("created", "established", "announced", "sf_established")
-    while time.monotonic() < deadline and not all(
-            any(e.get("type") == k for e in events) for k in wanted):
-        line = monitor.stdout.readline()
-        if not line:
-            break
-        events.append(json.loads(line))
+    events = read_events(monitor.stdout, wanted, 30)
     for kind in wanted:
         assert any(e.get("type") == kind and e.get("token") == token for e in events), \
             f"monitor missed {kind!r}: {events}"

@@ -224,3 +224,18 @@ def wait_for(fn: Any, timeout: float, what: str, extra: Any = None) -> Any:
             return last
         time.sleep(0.3)
     pytest.fail(f"timed out waiting for {what}; last: {last!r} {extra() if extra else ''}")
+
+
+def read_events(stream: Any, wanted: tuple[str, ...], timeout: float) -> list[dict]:
+    """JSON lines of `mptcp-bpf -j monitor` until every type in `wanted` was seen (or the
+    stream ends, or `timeout` passes): the events read."""
+    import json
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(
+            any(e.get("type") == k for e in events) for k in wanted):
+        line = stream.readline()
+        if not line:
+            break
+        events.append(json.loads(line))
+    return events
