@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from mptcp_bpf import plugins
 from mptcp_bpf.errors import HintedError
+from mptcp_bpf.mptcp.api import ENDPOINT_FLAGS
 
 DEFAULT_DIR = "/run/mptcp-bpf-ctl"
 PROTOCOL_VERSION = 1
@@ -66,7 +67,6 @@ class StackLike(Protocol):
 # The kernel refuses more than MPTCP_PM_ADDR_MAX (8) for both; our stack allows 32 subflows
 # per connection (REFERENCE.md §4: the path index bitmask is 32 bits), so `subflows` goes to 32.
 LIMIT_MAX = {"subflows": 32, "add_addr_accepted": 8}
-ENDPOINT_FLAGS = ("signal", "subflow", "backup", "fullmesh")
 LIMIT_NAMES = ("subflows", "add_addr_accepted")
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 from mptcp_bpf.errors import HintedError
+from mptcp_bpf.mptcp.api import ENDPOINT_FLAGS
 from mptcp_bpf.timers import TimerWheel
 
 log = logging.getLogger("mptcp_bpf.stack")
@@ -38,9 +39,8 @@ RX_ROUNDS = 4  # recv_batch calls per ready port and wakeup: up to 256 packets p
 _PARTIAL_V4 = (20, 16)  # (csum_start, csum_offset) from the IP header: TcpBuilder's v4
 _PARTIAL_V6 = (40, 16)  # and v6 packets carry no IP options / extension headers
 
-# ip mptcp's flag order; defaults the stack starts with (MAX_SUBFLOWS, 8 addresses per
-# family: REFERENCE.md §4); `limits set` takes subflows 0..32, add_addr_accepted 0..8
-ENDPOINT_FLAGS = ("signal", "subflow", "backup", "fullmesh")
+# the limits the stack starts with (MAX_SUBFLOWS, 8 addresses per family: REFERENCE.md §4);
+# `limits set` takes subflows 0..32, add_addr_accepted 0..8
 DEFAULT_LIMITS = {"subflows": 32, "add_addr_accepted": 8}
 
 # host counter -> the kernel's MPTcpExt MIB name (`mptcp-bpf stats` shows both)
@@ -543,10 +543,7 @@ class Stack:
                 self._deferred_unlisten.discard(entry)
                 self._on_listen(entry[0], entry[1], entry[2], False)
         if fp is not None:
-            try:
-                fp.remove_subflow(family, lip, lport, rip, rport)
-            except Exception as exc:
-                log.debug("fast path: cannot remove subflow: %s", exc)
+            _fp_remove_subflow(fp, family, lip, lport, rip, rport)
 
     def _on_listen(self, family: int, ip: Any, port: int, add: bool = True, *rest: Any) -> None:
         """Own SYNs to a listener; family 0 (wildcard address) means both families.
@@ -633,10 +630,9 @@ class Stack:
     # --- endpoints and limits: `mptcp-bpf endpoint|limits`, as `ip mptcp` -----------
     # Arguments arrive checked by control.check_endpoint/check_limits (same rank: not
     # importable here); what only the stack knows (ids, addresses, devices) is checked here.
-    def endpoints(self, addr_id: int | None = None) -> list[dict]:
+    def endpoints(self) -> list[dict]:
         with self.lock:
-            return [self._endpoint_row(a) for a in getattr(self.host, "addresses", None) or ()
-                    if addr_id is None or a.id == addr_id]
+            return [self._endpoint_row(a) for a in getattr(self.host, "addresses", None) or ()]
 
     def _endpoint_row(self, a: Any) -> dict:
         """Flags as ip mptcp prints them; addresses found on devices (`auto`) are announced
@@ -1033,10 +1029,7 @@ class Stack:
         self._fp_listeners.clear()
         self._deferred_unlisten.clear()
         for lip, lport, rip, rport in list(self._fp_ids):
-            try:
-                fp.remove_subflow(6 if len(lip) == 16 else 4, lip, lport, rip, rport)
-            except Exception as exc:
-                log.debug("fast path: cannot remove subflow: %s", exc)
+            _fp_remove_subflow(fp, 6 if len(lip) == 16 else 4, lip, lport, rip, rport)
         self._fp_ids.clear()
 
     def __enter__(self) -> "Stack":
@@ -1085,6 +1078,16 @@ def device_addresses(dev: str) -> list[str]:
             elif msg["family"] == _socket.AF_INET6 and msg["scope"] == 0:
                 out6.append(addr)
     return out4 + out6
+
+
+def _fp_remove_subflow(fp: Any, family: int, lip: bytes, lport: int, rip: bytes,
+                       rport: int) -> None:
+    """Take a subflow out of the fast path's map; a failure is logged, never raised (the
+    subflow is gone from the stack either way)."""
+    try:
+        fp.remove_subflow(family, lip, lport, rip, rport)
+    except Exception as exc:
+        log.debug("fast path: cannot remove subflow: %s", exc)
 
 
 def address_device(address: str) -> str | None:

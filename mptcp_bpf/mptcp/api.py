@@ -89,6 +89,10 @@ class SchedulerOps(Protocol):
 
 # ------------------------------------------------------------------------ path managers
 
+# the flags of `ip mptcp endpoint`, in the order ip prints them
+ENDPOINT_FLAGS = ("signal", "subflow", "backup", "fullmesh")
+
+
 @dataclass
 class LocalAddr:
     """A local address the host may use (host.add_address); `id` is the MPTCP address id."""
@@ -97,7 +101,7 @@ class LocalAddr:
     address: IPAddress
     backup: bool = False
     port: int = 0          # 0 = no explicit port (announce without port)
-    # endpoint flags set with `mptcp-bpf endpoint` ("signal", "subflow", "fullmesh"); None:
+    # endpoint flags set with `mptcp-bpf endpoint` (ENDPOINT_FLAGS but backup); None:
     # an address found on a device, which the path manager uses by role (REFERENCE.md §4)
     flags: Optional[frozenset] = None
 

@@ -4,11 +4,12 @@ words of `ip mptcp endpoint` (ip-mptcp(8)); changes reach live connections at on
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Iterable
 
 from mptcp_bpf.cli.commands.conn import add_socket_option, client
 from mptcp_bpf.cli.common import emit
-from mptcp_bpf.control import ENDPOINT_FLAGS, check_address, check_endpoint
+from mptcp_bpf.control import check_address, check_endpoint
+from mptcp_bpf.mptcp.api import ENDPOINT_FLAGS
 from mptcp_bpf.errors import HintedError
 
 ADD_USAGE = ("endpoint add ADDRESS [port PORT] [dev IFNAME] [id ID] "
@@ -47,43 +48,42 @@ def _number(text: str, key: str, usage: str) -> int:
                           f"usage: mptcp-bpf {usage}") from None
 
 
-def parse_add(words: list[str]) -> dict[str, Any]:
-    """ip's words -> the endpoint-add request (checked as the stack will check it)."""
-    req: dict[str, Any] = {"flags": []}
+def _parse_words(words: list[str], usage: str, numbers: tuple[str, ...] = (),
+                 texts: tuple[str, ...] = (), flags: Iterable[str] = ()) -> tuple[dict, list]:
+    """ip's word syntax: `KEY VALUE` for the keys in `numbers` and `texts`, flag words,
+    and one address; -> (request, flag words in order). Anything else is refused."""
+    req: dict[str, Any] = {}
+    seen: list[str] = []
     i = 0
     while i < len(words):
         w = words[i]
-        if w in ("port", "id"):
-            req[w] = _number(_value(words, i, w, ADD_USAGE), w, ADD_USAGE)
+        if w in numbers or w in texts:
+            v = _value(words, i, w, usage)
+            req[w] = _number(v, w, usage) if w in numbers else v
             i += 2
             continue
-        if w == "dev":
-            req["dev"] = _value(words, i, w, ADD_USAGE)
-            i += 2
-            continue
-        if w in ENDPOINT_FLAGS or w == "implicit":
-            req["flags"].append(w)
+        if w in flags:
+            seen.append(w)
         elif "address" not in req:
             req["address"] = w
         else:
-            raise HintedError(f"unknown word {w!r}", f"usage: mptcp-bpf {ADD_USAGE}")
+            raise HintedError(f"unknown word {w!r}", f"usage: mptcp-bpf {usage}")
         i += 1
-    return check_endpoint(req)
+    return req, seen
+
+
+def parse_add(words: list[str]) -> dict[str, Any]:
+    """ip's words -> the endpoint-add request (checked as the stack will check it)."""
+    req, flags = _parse_words(words, ADD_USAGE, ("port", "id"), ("dev",),
+                              (*ENDPOINT_FLAGS, "implicit"))
+    return check_endpoint({**req, "flags": flags})
 
 
 def parse_delete(words: list[str]) -> dict[str, Any]:
     usage = "endpoint delete id ID [ADDRESS]"
-    req: dict[str, Any] = {}
-    i = 0
-    while i < len(words):
-        if words[i] == "id":
-            req["id"] = _number(_value(words, i, "id", usage), "id", usage)
-            i += 2
-        elif "address" not in req:
-            req["address"] = check_address(words[i])
-            i += 1
-        else:
-            raise HintedError(f"unknown word {words[i]!r}", f"usage: mptcp-bpf {usage}")
+    req, _ = _parse_words(words, usage, ("id",))
+    if "address" in req:
+        req["address"] = check_address(req["address"])
     if "id" not in req:
         raise HintedError("endpoint delete needs an id", f"usage: mptcp-bpf {usage}")
     return req
@@ -91,22 +91,10 @@ def parse_delete(words: list[str]) -> dict[str, Any]:
 
 def parse_change(words: list[str]) -> dict[str, Any]:
     usage = "endpoint change [id ID] [ADDRESS] [port PORT] backup|nobackup|fullmesh|nofullmesh"
-    req: dict[str, Any] = {}
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w in ("id", "port"):
-            req[w] = _number(_value(words, i, w, usage), w, usage)
-            i += 2
-            continue
-        if w in CHANGE_FLAGS:
-            name, value = CHANGE_FLAGS[w]
-            req[name] = value
-        elif "address" not in req:
-            req["address"] = check_address(w)
-        else:
-            raise HintedError(f"unknown word {w!r}", f"usage: mptcp-bpf {usage}")
-        i += 1
+    req, seen = _parse_words(words, usage, ("id", "port"), flags=CHANGE_FLAGS)
+    req.update(CHANGE_FLAGS[w] for w in seen)
+    if "address" in req:
+        req["address"] = check_address(req["address"])
     if "id" not in req and "address" not in req:
         raise HintedError("endpoint change needs an id or an address", f"usage: mptcp-bpf {usage}")
     if "backup" not in req and "fullmesh" not in req:
