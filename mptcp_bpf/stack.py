@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
+from mptcp_bpf.endpoints import EndpointTable
 from mptcp_bpf.errors import HintedError
-from mptcp_bpf.mptcp.api import ENDPOINT_FLAGS
 from mptcp_bpf.timers import TimerWheel
 
 log = logging.getLogger("mptcp_bpf.stack")
@@ -36,12 +36,10 @@ debug_log = logging.getLogger("mptcp_bpf.debug")
 
 RX_BATCH = 64
 RX_ROUNDS = 4  # recv_batch calls per ready port and wakeup: up to 256 packets per batch
+TX_FLUSH = 64  # packets queued by one operation before they go out (not only at its end)
 _PARTIAL_V4 = (20, 16)  # (csum_start, csum_offset) from the IP header: TcpBuilder's v4
 _PARTIAL_V6 = (40, 16)  # and v6 packets carry no IP options / extension headers
 
-# the limits the stack starts with (MAX_SUBFLOWS, 8 addresses per family: REFERENCE.md §4);
-# `limits set` takes subflows 0..32, add_addr_accepted 0..8
-DEFAULT_LIMITS = {"subflows": 32, "add_addr_accepted": 8}
 
 # host counter -> the kernel's MPTcpExt MIB name (`mptcp-bpf stats` shows both)
 MIB_NAMES = {
@@ -281,6 +279,8 @@ class Stack:
         self.ports: list[Any] = list(ports or [])
         self._port_by_src: dict[bytes, Any] = {}
         self._txq: list[bytes] = []
+        self._tls = threading.local()
+        self._unkicked: set = set()
         self._txcs: list[tuple[int, int] | None] = []  # per queued packet: csum offsets
         self._csum_offload = False  # every port finishes TCP checksums (TX_CSUM_PARTIAL)
         self._sleep_until = 0.0  # the loop's epoll deadline (call() kicks only if earlier)
@@ -298,7 +298,7 @@ class Stack:
         self._fp_next = 0
         self._deferred_unlisten: set[tuple] = set()
         self._fp_listeners: set[tuple] = set()   # (family, ip, port) we put in the fast path
-        self._addr_dev: dict[str, str | None] = {}   # endpoint address -> its device
+        self.endpoint_table = EndpointTable(self)   # endpoints and limits (endpoints.py)
         self.counters: dict[str, int] = {"rx_packets": 0, "tx_packets": 0, "rx_batches": 0,
                                          "loop_iterations": 0, "input_errors": 0}
         self.capture = None
@@ -452,7 +452,7 @@ class Stack:
             port = self.ports[0]
         if port is not None:
             self._port_by_src[packed] = port
-            self._addr_dev[str(ipaddress.ip_address(ip))] = getattr(port, "ifname", None)
+            self.endpoint_table.note_device(ip, getattr(port, "ifname", None))
         with self.lock:
             try:
                 self.host.add_address(ip, addr_id=addr_id) if addr_id is not None \
@@ -496,11 +496,15 @@ class Stack:
     def _output(self, packet: bytes) -> None:
         self._txq.append(packet)
         self._txcs.append(None)
+        if len(self._txq) >= TX_FLUSH:
+            self.flush()
 
     def _output_partial(self, packet: bytes) -> None:
         """A subflow's packet whose TCP checksum field holds the pseudo-header sum."""
         self._txq.append(packet)
         self._txcs.append(_PARTIAL_V4 if packet[0] >> 4 == 4 else _PARTIAL_V6)
+        if len(self._txq) >= TX_FLUSH:
+            self.flush()  # a long burst: let the first packets leave (ACKs come back sooner)
 
     def _on_subflow_add(self, family: int, lip: bytes, lport: int, rip: bytes, rport: int,
                         sf_id: int, token: int, *rest: Any) -> None:
@@ -628,176 +632,30 @@ class Stack:
             return st
 
     # --- endpoints and limits: `mptcp-bpf endpoint|limits`, as `ip mptcp` -----------
-    # Arguments arrive checked by control.check_endpoint/check_limits (same rank: not
-    # importable here); what only the stack knows (ids, addresses, devices) is checked here.
+    # The work is in endpoints.EndpointTable; these keep control.ControlServer's protocol.
     def endpoints(self) -> list[dict]:
-        with self.lock:
-            return [self._endpoint_row(a) for a in getattr(self.host, "addresses", None) or ()]
-
-    def _endpoint_row(self, a: Any) -> dict:
-        """Flags as ip mptcp prints them; addresses found on devices (`auto`) are announced
-        by servers and joined from by clients: shown as signal and subflow."""
-        flags = getattr(a, "flags", None)
-        have = {"signal", "subflow"} if flags is None else set(flags)
-        if getattr(a, "backup", False):
-            have.add("backup")
-        return {"id": a.id, "address": str(a.address), "port": getattr(a, "port", 0) or 0,
-                "flags": [f for f in ENDPOINT_FLAGS if f in have],
-                "dev": self._addr_dev.get(str(a.address)), "auto": flags is None}
-
-    def _endpoint_of(self, addr_id: int | None, address: str | None = None) -> Any:
-        import ipaddress
-        want = ipaddress.ip_address(address) if address else None
-        if addr_id is None and want is None:
-            raise HintedError("which endpoint?", "name it: `id ID` or its address")
-        for la in self.host.addresses:
-            if (addr_id is None or la.id == addr_id) and (want is None or la.address == want):
-                return la
-        what = f"id {addr_id}" if addr_id is not None else str(address)
-        raise HintedError(f"endpoint {what} not found (address not found)",
-                          "list the endpoints with `mptcp-bpf endpoint show`")
-
-    def _endpoint_port(self, address: str, dev: str | None) -> Any:
-        """The port packets from `address` leave through; the address must be on this host
-        and on (or `dev` must be) a device the stack runs on."""
-        if not self.devices:  # in-process ports (tests): no devices to check against
-            return self.ports[0] if self.ports else None
-        on = address_device(address)
-        if on is None:
-            raise HintedError(f"{address} is not an address of this host",
-                              f"add it to a device first (`ip addr add {address}/24 dev "
-                              f"{dev or self.devices[0]}`) or use one `ip addr` lists")
-        use = dev or on
-        for p in self.ports:
-            if getattr(p, "ifname", None) == use:
-                return p
-        raise HintedError(f"the stack does not run on {use}",
-                          f"it runs on {', '.join(self.devices)}: use an address of one of "
-                          "them, or name one with `dev`")
+        return self.endpoint_table.show()
 
     def endpoint_add(self, address: str, port: int = 0, dev: str | None = None,
                      addr_id: int | None = None, flags: Iterable[str] = ()) -> dict:
-        """`ip mptcp endpoint add`: path managers of live connections announce it
-        (`signal`) or join from it (`subflow`) at once."""
-        import ipaddress
-        a = ipaddress.ip_address(address)
-        fl = set(flags)
-        backup = "backup" in fl
-        fl.discard("backup")
-        xport = self._endpoint_port(str(a), dev)   # netlink: outside the stack lock
-
-        def add() -> dict:
-            fam = sum(1 for la in self.host.addresses if la.address.version == a.version)
-            for la in self.host.addresses:
-                if la.address == a:
-                    raise HintedError(f"endpoint {a} already exists (id {la.id})",
-                                      "delete it first, or change its backup/fullmesh "
-                                      f"flags: `mptcp-bpf endpoint change id {la.id} backup`")
-                if addr_id and la.id == addr_id:
-                    raise HintedError(f"endpoint id {addr_id} is in use ({la.address})",
-                                      "pick another id, or leave `id` out to get a free one")
-            if fam >= 8:
-                raise HintedError(f"too many IPv{a.version} endpoints (8 at most)",
-                                  "delete one first (`mptcp-bpf endpoint delete id N`)")
-            if port:
-                try:
-                    self.reservations.reserve(a.version, port, str(a))
-                except OSError as exc:
-                    raise HintedError(f"cannot use port {port} on {a}: {exc.strerror}",
-                                      "pick a free port") from None
-                self._on_listen(a.version, a.packed, port, True)
-            if xport is not None:
-                self._port_by_src[a.packed] = xport
-            self._addr_dev[str(a)] = dev or getattr(xport, "ifname", None)
-            la = self.host.add_address(str(a), addr_id=addr_id or None, backup=backup,
-                                       port=port, flags=frozenset(fl))
-            row = self._endpoint_row(la)
-            self._endpoint_event("endpoint_added", row)
-            return row
-        return self.call(add)
+        return self.endpoint_table.add(address, port, dev, addr_id, flags)
 
     def endpoint_delete(self, addr_id: int, address: str | None = None) -> dict:
-        """`ip mptcp endpoint delete`: REMOVE_ADDR and the subflows using it closed, on
-        every live connection (8684 §3.4.2, through the path managers)."""
-        if addr_id == 0:
-            raise HintedError("id 0 names each connection's initial address: this stack "
-                              "does not delete it", "delete an endpoint by its own id "
-                              "(`mptcp-bpf endpoint show`)")
-
-        def delete() -> dict:
-            la = self._endpoint_of(addr_id)
-            if address is not None and self._endpoint_of(None, address) is not la:
-                raise HintedError(f"endpoint id {addr_id} is {la.address}, not {address}",
-                                  "give the id alone, as `endpoint show` lists it")
-            row = self._endpoint_row(la)
-            self.host.remove_address(str(la.address))
-            if la.port:
-                self.reservations.release(la.address.version, la.port)
-                self._on_listen(la.address.version, la.address.packed, la.port, False)
-            self._endpoint_event("endpoint_removed", row)
-            return row
-        return self.call(delete)
+        return self.endpoint_table.delete(addr_id, address)
 
     def endpoint_change(self, addr_id: int | None = None, address: str | None = None,
                         backup: bool | None = None, fullmesh: bool | None = None) -> dict:
-        """`ip mptcp endpoint change`: backup sends MP_PRIO on the subflows using the
-        address (8684 §3.3.8); fullmesh makes clients join it to every peer address."""
-        def change() -> dict:
-            la = self._endpoint_of(addr_id, address)
-            flags = getattr(la, "flags", None)
-            new = None
-            if fullmesh is not None:
-                if fullmesh and (flags is None or "signal" in flags):
-                    raise HintedError(f"endpoint id {la.id} is a signal endpoint: flags "
-                                      "mustn't have both signal and fullmesh (invalid flags)",
-                                      "add a `subflow` endpoint for the address instead")
-                base = set(flags or ())
-                new = frozenset(base | {"fullmesh"} if fullmesh else base - {"fullmesh"})
-                if flags is None and not fullmesh:
-                    new = None   # an address found on a device is not fullmesh-flagged
-            self.host.change_address(la, backup=backup, flags=new)
-            row = self._endpoint_row(la)
-            self._endpoint_event("endpoint_changed", row)
-            return row
-        return self.call(change)
+        return self.endpoint_table.change(addr_id, address, backup, fullmesh)
 
     def endpoint_flush(self) -> list[dict]:
-        """`ip mptcp endpoint flush`: every endpoint deleted (its signals sent)."""
-        with self.lock:
-            ids = [la.id for la in self.host.addresses]
-        out = []
-        for i in ids:
-            try:
-                out.append(self.endpoint_delete(i))
-            except HintedError:   # deleted meanwhile by another request
-                pass
-        return out
-
-    def _endpoint_event(self, kind: str, row: dict) -> None:
-        """A monitor event for an endpoint change (flags as ip prints them: a,b)."""
-        self._on_event(dict(row, type=kind, flags=",".join(row["flags"])))
+        return self.endpoint_table.flush()
 
     def limits(self) -> dict:
-        cfg = getattr(self.host, "config", None)
-        sub = getattr(cfg, "join_limit", None)
-        acc = getattr(cfg, "add_addr_accepted", None)
-        return {"subflows": DEFAULT_LIMITS["subflows"] if sub is None else sub,
-                "add_addr_accepted": DEFAULT_LIMITS["add_addr_accepted"] if acc is None else acc}
+        return self.endpoint_table.limits()
 
     def set_limits(self, subflows: int | None = None,
                    add_addr_accepted: int | None = None) -> dict:
-        """`ip mptcp limits set`: additional subflows per connection (joins opened by the
-        path manager and accepted by the host) and ADD_ADDRs used; new decisions only."""
-        def set_() -> dict:
-            cfg = self.host.config
-            if subflows is not None:
-                cfg.join_limit = int(subflows)
-            if add_addr_accepted is not None:
-                cfg.add_addr_accepted = int(add_addr_accepted)
-            lim = self.limits()
-            self._on_event(dict(lim, type="limits_set"))
-            return lim
-        return self.call(set_)
+        return self.endpoint_table.set_limits(subflows, add_addr_accepted)
 
     # ----------------------------------------------------------------- the loop
     def start(self) -> None:
@@ -832,6 +690,28 @@ class Stack:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def defer_kicks(self, on: bool) -> None:
+        """This thread's flushes queue packets on the TX rings without the kernel call;
+        it calls kick_tx() once it released the lock, so the kernel's TX work (copy-mode
+        sendto runs the veth and the receiver) overlaps the other thread's Python."""
+        self._tls.defer = on
+
+    def kick_tx(self) -> None:
+        """The deferred kernel calls, without the lock (falls back to it to reap)."""
+        self._tls.defer = False
+        ports = self._unkicked
+        while ports:
+            try:
+                port = ports.pop()
+            except KeyError:  # another thread took the last one
+                break
+            try:
+                if not port.kick_tx():
+                    with self.lock:
+                        port.kick_tx_locked()
+            except OSError as exc:
+                log.debug("kick failed on %s: %s", port, exc)
 
     def _set_now(self, now: float) -> None:
         """The host's notion of now (it reads it in calls that take no `now`)."""
@@ -874,9 +754,13 @@ class Stack:
                     entry[2].append(c)
             groups = list(by_port.values())
         offload = self._csum_offload
+        defer = getattr(self._tls, "defer", False)
         for port, pkts, c in groups:
             try:
-                if offload:
+                if defer and hasattr(port, "kick_tx"):
+                    port.send_batch(pkts, c if offload else None, kick=False)
+                    self._unkicked.add(port)
+                elif offload:
                     port.send_batch(pkts, c)
                 else:
                     port.send_batch(pkts)
@@ -914,6 +798,7 @@ class Stack:
                     events = ep.poll(timeout)
                 except InterruptedError:
                     continue
+                self._tls.defer = True
                 with self.lock:
                     self._sleep_until = 0.0  # awake: call() need not kick
                     now = time.monotonic()
@@ -963,6 +848,7 @@ class Stack:
                     self._set_now(now)
                     timers.run_due(now)
                     self.flush()
+                self.kick_tx()
         except Exception:
             log.exception("stack loop crashed")
         finally:
@@ -1088,21 +974,6 @@ def _fp_remove_subflow(fp: Any, family: int, lip: bytes, lport: int, rip: bytes,
         fp.remove_subflow(family, lip, lport, rip, rport)
     except Exception as exc:
         log.debug("fast path: cannot remove subflow: %s", exc)
-
-
-def address_device(address: str) -> str | None:
-    """The device of this namespace that carries `address` (pyroute2), or None."""
-    import ipaddress
-    from pyroute2 import IPRoute
-    want = ipaddress.ip_address(address)
-    fam = _socket.AF_INET if want.version == 4 else _socket.AF_INET6
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=fam):
-            got = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if got and ipaddress.ip_address(got) == want:
-                links = ipr.get_links(msg["index"])
-                return links[0].get_attr("IFLA_IFNAME") if links else None
-    return None
 
 
 def default_devices() -> list[str]:

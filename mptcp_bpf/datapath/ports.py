@@ -33,6 +33,10 @@ class PacketPort(Protocol):
     def close(self) -> None: ...
 
 
+# (csum_start, csum_offset) from the IP header -> from the Ethernet header (a few keys)
+_ETH_CS: dict[tuple[int, int], tuple[int, int]] = {}
+
+
 class TunPort:
     """Packets through a TUN device (kernel interop without XDP). Metadata is always None."""
 
@@ -207,8 +211,15 @@ class XdpPort:
         self.counters["rx_packets"] += len(out)
         return out  # type: ignore[return-value]
 
+    def kick_tx(self) -> bool:
+        return self.tx.kick_nolock()
+
+    def kick_tx_locked(self) -> None:
+        self.tx.kick()
+
     def send_batch(self, packets: Sequence[Packet],
-                   csum: Sequence[tuple[int, int] | None] | None = None) -> int:
+                   csum: Sequence[tuple[int, int] | None] | None = None,
+                   kick: bool = True) -> int:
         """Send IP packets; csum (with tx_csum_offload): per packet None or
         (csum_start, csum_offset) relative to the IP header. Returns how many left now."""
         import time
@@ -220,26 +231,38 @@ class XdpPort:
         heads: list[bytes] = []
         frames: list[Packet] = []
         cs: list[tuple[int, int] | None] | None = [] if csum is not None else None
+        last_dst = None  # a burst goes to one neighbour: look it up once per run
+        h = None
         for i, p in enumerate(packets):
             if not p:
                 self.counters["tx_dropped"] += 1
                 continue
-            dst = bytes(p[16:20]) if p[0] >> 4 == 4 else bytes(p[24:40])
-            e = entries.get(dst)
-            h = e.header if e is not None and now < e.expires else None
-            if h is None:
-                h = self.neigh.header_for(dst, now)
+            dst = p[16:20] if p[0] >> 4 == 4 else p[24:40]
+            if dst != last_dst or h is None:
+                dst = bytes(dst)
+                e = entries.get(dst)
+                h = e.header if e is not None and now < e.expires else None
                 if h is None:
-                    self._wait(now, dst, p)
-                    continue
+                    h = self.neigh.header_for(dst, now)
+                    if h is None:
+                        last_dst = None
+                        self._wait(now, dst, p)
+                        continue
+                last_dst = dst
             heads.append(h)
             frames.append(p)
             if cs is not None:
                 c = csum[i]  # type: ignore[index]
-                cs.append((c[0] + 14, c[1]) if c is not None else None)
+                if c is None:
+                    cs.append(None)
+                else:
+                    t = _ETH_CS.get(c)
+                    if t is None:
+                        t = _ETH_CS[c] = (c[0] + 14, c[1])
+                    cs.append(t)
         if not frames:
             return 0
-        n = self.tx.send_batch(frames, cs, heads)
+        n = self.tx.send_batch(frames, cs, heads, kick)
         self.counters["tx_packets"] += n
         self.counters["tx_dropped"] += len(frames) - n
         return n

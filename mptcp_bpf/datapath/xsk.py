@@ -429,8 +429,9 @@ class XskSocket:
 
     def send_batch(self, frames: Sequence[bytes | bytearray | memoryview],
                    csum: Sequence[tuple[int, int] | None] | None = None,
-                   heads: Sequence[bytes] | None = None) -> int:
+                   heads: Sequence[bytes] | None = None, kick: bool = True) -> int:
         """Queue frames on the TX ring and kick the kernel once; returns how many were queued.
+        kick=False: publish only; the caller calls kick_nolock() (or kick()) later.
 
         csum: per frame, None or (csum_start, csum_offset) to have the kernel finish the
         L4 checksum (the checksum field must hold the pseudo-header sum, not complemented);
@@ -494,16 +495,32 @@ class XskSocket:
             queued += 1
             unpublished += 1
         if unpublished:
-            self._publish(prod, unpublished)
+            self._publish(prod, unpublished, kick)
         return queued
 
-    def _publish(self, prod: int, n: int) -> None:
+    def _publish(self, prod: int, n: int, kick: bool = True) -> None:
         """Move the TX producer index to `prod` (n new descriptors) and kick."""
         self._tx_prod = prod & 0xFFFFFFFF
         self.tx.prod[0] = self._tx_prod
         self._tx_outstanding += n
         self.tx_packets += n
-        self.kick()
+        if kick:
+            self.kick()
+
+    def kick_nolock(self) -> bool:
+        """sendto() until the kernel took the TX ring, never reaping (so it may run without
+        the owner's lock while another thread queues); False: the kernel wants completions
+        reaped first (call kick() under the lock)."""
+        for _ in range(64):
+            if (self.tx.cons[0] - self._tx_prod) & 0xFFFFFFFF == 0:
+                return True
+            if _libc.sendto(self.fd, None, 0, MSG_DONTWAIT, None, 0) >= 0:
+                continue
+            e = ctypes.get_errno()
+            if e == errno.ENETDOWN:
+                return True
+            return False
+        return (self.tx.cons[0] - self._tx_prod) & 0xFFFFFFFF == 0
 
     def kick(self) -> None:
         """sendto() until the kernel took the TX ring (copy mode sends up to the budget per

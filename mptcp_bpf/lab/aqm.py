@@ -80,6 +80,21 @@ class Aqm:
             os.unlink(pin)
         self.attached.append((ns, dev, ifindex))
 
+    def set_thresholds(self, lab: Any, path: int, dir: str, min_ms: float, max_ms: float,
+                       max_p: float = 0.1, reset: bool = True) -> None:
+        """New early-drop thresholds on an attached bottleneck (attaching twice would run
+        the program twice per frame); `reset` zeroes its counters."""
+        if not 0 < max_p <= 1 or not 0 <= min_ms < max_ms:
+            raise HintedError("bad thresholds", "need 0 <= min_ms < max_ms and 0 < max_p <= 1")
+        key = self._table.Key(int(lab.state["ifindex"][self.device(lab, path, dir)]))
+        e = self._table[key]
+        e.min_th = int(e.rate * min_ms / 1000)
+        e.max_th = int(e.rate * max_ms / 1000)
+        e.max_p = int(max_p * (1 << 32))
+        if reset:
+            e.passed = e.early_drops = e.forced_drops = e.max_backlog = 0
+        self._table[key] = e
+
     def stats(self, lab: Any, path: int, dir: str) -> dict[str, int]:
         """Counters and settings of one bottleneck (bytes, packets)."""
         ifindex = int(lab.state["ifindex"][self.device(lab, path, dir)])

@@ -3,14 +3,18 @@
 
   udp-recv --port P [--idle S] [--max-time S]     count datagrams, bytes, reordering, dups
   udp-send DST --port P --count N [--rate BPS] [--size B]   paced in 1 ms batches
-  serve --port P --size N [--send M] [--tcp] [--bind A] [--cc C] [--join-wait]   accept one
-                                 connection, send M (default N) bytes while reading to EOF
+  serve --port P --size N [--send M] [--tcp] [--bind A] [--cc C] [--join-wait] [--hold]
+                                 accept one connection, send M (default N) bytes while reading to EOF
   connect DST --port P --size N [--send M] [...]   the same from the client
 
 Both ends report `elapsed`, timed as the selftests' mptcp_connect -T does: from the
 established socket (after connect() / accept()) until both directions are done.
 --join-wait is mptcp_connect -j: the first write is at most 100 bytes, then 200 ms of sleep
 so the MP_JOIN completes before the bulk data (simult_flows.sh allows 400 ms for it).
+--hold makes the same first write, prints {"held": true} and waits for a line (or EOF) on
+stdin before the rest: a test keeps the connection ESTABLISHED until it saw what it waits
+for (the kernel's PM creates its subflows only while the connection is established, so a
+transfer that ends in a few ms may leave no MP_JOIN at all).
 
 Datagrams start with an 8-byte sequence number. MPTCP sockets use IPPROTO_MPTCP (262).
 """
@@ -103,16 +107,21 @@ def _stream_socket(dst_or_bind: str, tcp: bool, cc: str = "") -> socket.socket:
 
 
 def _exchange(sock: socket.socket, size: int, timeout: float = 120.0,
-              join_wait: bool = False) -> tuple[int, float, float]:
+              join_wait: bool = False, hold: bool = False) -> tuple[int, float, float]:
     """Send `size` bytes (then SHUT_WR) while reading until EOF, in one poll loop as the
     selftests' mptcp_connect does (no threads, no per-read allocation).
     Returns (received, t_sent, t_recv) in seconds from the start."""
     t0 = time.monotonic()
     left = size
-    if join_wait and size:
-        # mptcp_connect -j: a small first write, then let the join handshake complete
+    if (join_wait or hold) and size:
+        # mptcp_connect -j: a small first write (the peer's DSS ack makes the connection
+        # fully established), then let the join handshake complete
         sock.sendall(bytes(min(100, size)))
         left -= min(100, size)
+    if hold:
+        print(json.dumps({"held": True}), flush=True)
+        sys.stdin.readline()
+    elif join_wait and size:
         time.sleep(0.2)
     sock.setblocking(False)
     out = memoryview(bytes(CHUNK))
@@ -156,7 +165,7 @@ def _exchange(sock: socket.socket, size: int, timeout: float = 120.0,
 
 
 def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "",
-          join_wait: bool = False) -> dict:
+          join_wait: bool = False, hold: bool = False) -> dict:
     ls = _stream_socket(bind, tcp, cc)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((bind, port))
@@ -167,7 +176,7 @@ def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = 
     if cc:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     t0 = time.monotonic()
-    got, t_send, t_recv = _exchange(conn, size, timeout, join_wait)
+    got, t_send, t_recv = _exchange(conn, size, timeout, join_wait, hold)
     elapsed = time.monotonic() - t0
     conn.close()
     ls.close()
@@ -176,7 +185,7 @@ def serve(port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = 
 
 
 def connect(dst: str, port: int, size: int, tcp: bool, bind: str, timeout: float, cc: str = "",
-            join_wait: bool = False) -> dict:
+            join_wait: bool = False, hold: bool = False) -> dict:
     s = _stream_socket(dst, tcp, cc)
     if bind:
         s.bind((bind, 0))
@@ -184,7 +193,7 @@ def connect(dst: str, port: int, size: int, tcp: bool, bind: str, timeout: float
     t_conn = time.monotonic()
     s.connect((dst, port))
     t0 = time.monotonic()
-    got, t_send, t_recv = _exchange(s, size, timeout, join_wait)
+    got, t_send, t_recv = _exchange(s, size, timeout, join_wait, hold)
     elapsed = time.monotonic() - t0
     s.close()
     return {"received": got, "sent": size, "elapsed": elapsed, "connect_time": t0 - t_conn,
@@ -214,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--send", type=int, help="bytes to send (default --size); reads to EOF")
         c.add_argument("--join-wait", action="store_true",
                        help="as mptcp_connect -j: 100 bytes first, then 200 ms for the MP_JOIN")
+        c.add_argument("--hold", action="store_true",
+                       help="100 bytes first, print {\"held\": true}, wait for a line on stdin")
         c.add_argument("--tcp", action="store_true", help="plain TCP instead of MPTCP")
         c.add_argument("--bind", default="")
         c.add_argument("--timeout", type=float, default=120.0)
@@ -232,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         out = udp_send(a.dst, a.port, a.count, a.rate, a.size)
     elif a.cmd == "serve":
         send = a.size if a.send is None else a.send
-        out = serve(a.port, send, a.tcp, a.bind, a.timeout, a.cc, a.join_wait)
+        out = serve(a.port, send, a.tcp, a.bind, a.timeout, a.cc, a.join_wait, a.hold)
     else:
         send = a.size if a.send is None else a.send
-        out = connect(a.dst, a.port, send, a.tcp, a.bind, a.timeout, a.cc, a.join_wait)
+        out = connect(a.dst, a.port, send, a.tcp, a.bind, a.timeout, a.cc, a.join_wait, a.hold)
     print(json.dumps(out), flush=True)
     return 0
 

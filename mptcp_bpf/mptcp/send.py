@@ -17,6 +17,7 @@ from .subflow import MASK64, MpSubflow, TxMap
 
 REINJECT_LIMIT = 1 << 20        # bytes re-injected at once by the data-level timer
 DATA_RTO_MIN = 1.0              # seconds without data-ACK progress before re-injecting
+MAP_MAX = 0xFFFF                # a DSS mapping's data-level length is 16 bits (8684 §3.3)
 DATA_TICK = 0.25                # period of the data-level timer while data is outstanding
 
 
@@ -107,16 +108,39 @@ class SendMixin:
             if wnd <= 0:
                 self.host.count("tx_window_limited")
                 return
+            fills = getattr(sched, "fills_subflow", False)
+            if fills:
+                # a subflow that still holds unsent data is blocked by its cwnd or by the
+                # peer's TCP window (the kernel's joins start at ~42 KB): give it no more,
+                # as the kernel's scheduler skips a subflow whose queue has not drained; it
+                # sends on its own ACK clock (or persist timer) and its ACKs push again
+                cands = [s for s in cands if not s.tcp.unsent_bytes]
+                if not cands:
+                    return
             sel = sched.select(self, cands, False)
             if not sel:
                 return
-            n = min(avail, wnd, sel[0].mss * self.chunk_segments)
             rel = self.snd_nxt
+            n = min(avail, wnd, sel[0].mss * self.chunk_segments)
+            if fills and n < avail and n < wnd and len(sel) == 1 and rel > 1:
+                n = min(avail, wnd, self._fill_room(sel[0]))
             if not self._hand_out(sel, rel, n, now):
                 return
             self.snd_nxt = rel + n
             if self._dtimer is None:
                 self._arm_data_timer(now)
+
+    def _fill_room(self, msf: MpSubflow) -> int:
+        """One mapping for what the subflow can send now (whole MSS, at most MAP_MAX), at
+        least a normal chunk. Only for a scheduler that says (`fills_subflow`) it would pick
+        the same subflow again until its cwnd is full: the subflows get the same bytes as
+        chunk by chunk, in fewer, larger mappings (as the kernel's 64 KB TSO mappings), and
+        the subflow sends them in one burst."""
+        t = msf.tcp
+        mss = t.mss
+        room = t.cwnd - t.in_flight - t.unsent_bytes
+        room = min(room - room % mss, MAP_MAX - MAP_MAX % mss)
+        return max(room, mss * self.chunk_segments)
 
     def _hand_out(self, sel: list, rel: int, n: int, now: float,
                   reinjected: bool = False) -> bool:
@@ -239,6 +263,18 @@ class SendMixin:
                 opt = msf.pending_opts.pop(0)  # the data ACK rides on the next segment
         return opt
 
+    def _data_options(self, msf: MpSubflow) -> bytes | None:
+        """What _ack_options returns for a data segment that starts no chunk (meta None,
+        length > 0), for a whole push of the subflow (tcp.Subflow._burst_header); None: no
+        promise (fallback and infinite mappings depend on the segment)."""
+        if self.fallback or msf.infinite_tx:
+            return None
+        if not msf.join and self.role == "client" and not self._rx_base_known:
+            return b""
+        if self._rx_base_known:
+            return dss_bytes((self.remote_idsn + self.rcv_nxt) & MASK64)
+        return b""
+
     # ------------------------------------------------------------ data ACK
     def _rx_data_ack(self, msf: MpSubflow, ack: int, ack8: bool, window: int | None) -> None:
         if not ack8:
@@ -270,10 +306,13 @@ class SendMixin:
                 self._fin_acked = True
                 self._on_our_fin_acked()
             self._notify_writable()
-        if window is not None and rel >= self.snd_una:
+        if window is not None:
+            # 8684 §3.3.5: update only when the right edge grows. The subflows' windows
+            # differ (each TCP sizes its own), so taking the latest one would shrink the
+            # data-level window to the smallest subflow's (the kernel's joins: ~42 KB)
             edge = rel + window
-            if edge > self.snd_wnd_edge or rel == self.snd_una:
-                self.snd_wnd_edge = max(edge, self.snd_una)
+            if edge > self.snd_wnd_edge:
+                self.snd_wnd_edge = edge
 
     # ------------------------------------------------------------ re-injection
     def _reinject_from(self, msf: MpSubflow) -> None:

@@ -157,6 +157,9 @@ class MpSubflow:
     def ack_options(self, sf: Any, meta: Any, length: int, flags: int) -> bytes:
         return self.conn._ack_options(self, meta, length, flags)
 
+    def data_options(self, sf: Any) -> bytes | None:
+        return self.conn._data_options(self)
+
     def on_segment(self, sf: Any, seg: Any) -> None:
         self.conn._on_segment(self, seg)
 

@@ -17,6 +17,10 @@ class DefaultScheduler:
     """
 
     name = "default"
+    # select() keeps choosing a subflow until its cwnd is full (nothing else changes while
+    # the connection hands out data), so the connection may give it that room in one
+    # mapping (mptcp.send._fill_room)
+    fills_subflow = True
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         self.params = dict(params or {})

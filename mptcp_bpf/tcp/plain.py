@@ -51,6 +51,9 @@ class PlainConn:
     def ack_options(self, sf: Subflow, meta: Any, length: int, flags: int) -> bytes:
         return b""
 
+    def data_options(self, sf: Subflow) -> bytes:
+        return b""  # what ack_options gives every data segment (Subflow._burst_header)
+
     def on_segment(self, sf: Subflow, seg: Segment) -> None:
         pass
 

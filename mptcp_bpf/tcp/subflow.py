@@ -55,6 +55,14 @@ __all__ = ["Subflow", "SubflowConfig", "Segment", "Seg", "FIN", "SYN", "RST", "P
            "R_REFUSED", "R_TIMEOUT", "R_ABORTED"]
 
 
+def _same_owner(cls: type, name: str, base: str) -> bool:
+    """`name` is defined on the class that defines `base`, or on a subclass of it."""
+    def where(attr: str) -> type | None:
+        return next((k for k in cls.__mro__ if attr in k.__dict__), None)
+    n, b = where(name), where(base)
+    return n is not None and b is not None and issubclass(n, b)
+
+
 class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
     """A TCP endpoint. See the module docstring and docs/ARCHITECTURE.md for the hooks.
 
@@ -79,6 +87,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self.config = cfg = config or SubflowConfig()
         self.cc = cc or CongestionControl()
         self.build = build_tcp_packet
+        self.burst = True   # TSO-like loop for the segments of a chunk (_burst); False: off
         self._tb: TcpBuilder | None = None   # per-4-tuple header template (default build)
         self.tos = cfg.tos
         self._ttl = cfg.ttl
@@ -202,6 +211,10 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
     def hooks(self, h: Any) -> None:
         self._hooks = h
         self._ack_options = h.ack_options
+        # optional: data_options(sf) -> bytes | None, see _burst_header; ignored when a
+        # subclass overrides ack_options but inherits data_options (it would not match)
+        self._data_options = getattr(h, "data_options", None) \
+            if _same_owner(type(h), "data_options", "ack_options") else None
         self._on_acked = getattr(h, "on_acked", None)  # optional: (sf, acked_bytes)
 
     @property
@@ -679,6 +692,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         cwnd = self.cwnd
         mss = self.mss
         blocked = False
+        burst: tuple | bool | None = None  # header parts shared by this push's segments
         while True:
             inflight = (self.snd_nxt - self.snd_una - self.sacked_out - self.lost_out
                         + self.retrans_out)
@@ -747,6 +761,11 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
                     self._rto_timer = self.timers.schedule(self._rto_deadline, self._on_rto)
                 elif self._rto_deadline == 0.0:
                     self._rto_deadline = now + self.rto
+                if flags == ACK and self.burst:
+                    if burst is None:
+                        burst = self._burst_header(now)
+                    if burst:
+                        self._burst(c, burst, now)
                 continue
             # 3. FIN after all data
             if self._fin_queued and not self._fin_sent:
@@ -759,6 +778,113 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
             break
         self.cwnd_limited = blocked or (self.cwnd < self.ssthresh and
                                         self.in_flight * 2 >= self.cwnd)
+
+    def _burst_header(self, now: float) -> tuple | bool:
+        """(options, window field, ack32, builder) shared by the data segments of this
+        push that start no chunk, or False when they cannot share them (the owner makes no
+        promise, a D-SACK is pending, a replaced `build`). Computed once per push, as
+        _emit would for each: nothing the header depends on (rcv_nxt, ts_recent, SACK
+        blocks, the owner's window and data ACK) changes while a push runs."""
+        fn = self._data_options
+        if fn is None or self._dsack is not None or self.build is not build_tcp_packet:
+            return False
+        extra = fn(self)
+        if extra is None:
+            return False
+        if self.ts_ok:
+            opts = _pack_ts(_TS_FAST, (int(now * 1000) + self._ts_offset) & _M32, self.ts_recent)
+        else:
+            opts = b""
+        if extra:
+            opts += extra
+        if self._sack_blocks and self.sack_ok:
+            room = (36 - len(opts)) // 8
+            if room > 0:
+                blocks = self._sack_blocks[:room]
+                base = self.irs
+                opts += bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
+                    _pack_II((base + a) & _M32, (base + b) & _M32) for a, b in blocks)
+        pad = -len(opts) & 3
+        if pad:
+            opts += b"\x01" * pad
+        # the window as _emit computes it; its side effects already happened (same values)
+        rcv_nxt = self.rcv_nxt
+        fn_w = self.rcv_window_fn
+        if fn_w is not None:
+            wnd = fn_w()
+            if wnd < 0:
+                wnd = 0
+        else:
+            wnd = self.config.rcv_buf - self._ooo_bytes
+            if rcv_nxt + wnd < self._rcv_adv_right:
+                wnd = self._rcv_adv_right - rcv_nxt
+        field = wnd >> self.rcv_wscale
+        if field > 0xFFFF:
+            field = 0xFFFF
+        if field << self.rcv_wscale != self._rcv_wnd_adv:
+            return False  # differs from what the last segment said: per-segment path
+        tb = self._tb
+        if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
+            tb = self._builder()
+        return (opts, field, (self.irs + rcv_nxt) & _M32, tb)
+
+    def _burst(self, c: list, hdr: tuple, now: float) -> None:
+        """TSO-like: the rest of chunk `c` (the push just sent a segment of it) in one loop,
+        as far as cwnd and the peer's window allow, the header parts shared (`hdr`). Same
+        segments, bytes and bookkeeping as the per-segment path of push."""
+        mv, meta, off, cseq = c
+        clen = len(mv)
+        mss = self.mss
+        cwnd = self.cwnd
+        seq = self.snd_nxt
+        inflight = seq - self.snd_una - self.sacked_out - self.lost_out + self.retrans_out
+        wnd_end = self.snd_una + self.snd_wnd
+        opts, field, ack32, tb = hdr
+        build = tb.build
+        out = self.output
+        csum = self.tx_csum
+        iss = self.iss
+        append = self._q.append
+        sent = 0
+        segs = 0
+        last = seq
+        try:
+            while inflight < cwnd and off < clen:
+                n = clen - off
+                if n > mss:
+                    n = mss
+                if wnd_end - seq < n:
+                    break  # something is in flight (this push sent it): wait for the window
+                data = mv[off:off + n]
+                last = seq
+                seq += n
+                off += n
+                append(Seg(last, seq, data, meta, off - n, cseq, mv, False, now))
+                sent += n
+                segs += 1
+                inflight += n
+                # (queued and counted first: if output raises, the state stays consistent)
+                out(build((iss + last) & _M32, ack32, ACK | PSH if off >= clen else ACK,
+                          field, opts, data, csum))
+        finally:
+            if segs:
+                self._burst_done(c, off, clen, sent, segs, last, seq)
+
+    def _burst_done(self, c: list, off: int, clen: int, sent: int, segs: int, last: int,
+                    seq: int) -> None:
+        """The bookkeeping of _burst's segments, once (what push does per segment)."""
+        if off >= clen:
+            self._unsent.popleft()
+        else:
+            c[2] = off
+        if self.in_recovery:
+            self._prr_out += sent
+        self.unsent_bytes -= sent
+        self.bytes_sent += sent
+        self.data_segs_out += segs
+        self.segs_out += segs
+        self.tx_ssn = last - 1  # the last segment built, as the per-segment path leaves it
+        self.snd_nxt = seq
 
     def _xmit(self, s: Seg, now: float) -> None:
         """(Re)transmit one queued segment."""

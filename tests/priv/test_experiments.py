@@ -72,19 +72,25 @@ def test_pm_subflows_match_kernel_joins(tmp_path: Path) -> None:
     assert rows["ndiffports 3"]["pairs"] == ["10.0.1.1->10.0.1.2 x3"]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(700)
 def test_fairness_coupled_takes_one_share(tmp_path: Path) -> None:
     def check(doc: dict[str, Any]) -> str:
-        r = {x["cc"]: x for x in doc["results"]}
+        r = {(x["cc"], x["competitor"]): x for x in doc["results"]}
         if any("ratio" not in x for x in r.values()):
             return f"a run failed: {[x.get('error') for x in r.values()]}"
-        lia, reno = r["lia"]["ratio"], r["reno"]["ratio"]
-        # spec: coupled <= 1.3, uncoupled ~2; margins for a loaded machine
-        if lia > 1.5 or reno < 1.35 or reno - lia < 0.3:
-            return f"ratios lia {lia:.2f} reno {reno:.2f}"
+        lia, reno = r["lia", "reno"]["ratio"], r["reno", "reno"]["ratio"]
+        wv, wvr = r["wvegas", "vegas"]["ratio"], r["wvegas", "reno"]["ratio"]
+        # spec: coupled <= 1.3, uncoupled ~2; margins for a loaded machine. wvegas against
+        # its own kind (kernel TCP Vegas in BPF): 0.90-1.22 measured on a loaded machine;
+        # against Reno (losses before its queue target, its LIA increase): 1.13-1.43
+        if lia > 1.5 or reno < 1.35 or reno - lia < 0.3 or not 0.6 <= wv <= 1.5 or wvr > 1.5:
+            return (f"ratios lia {lia:.2f} reno {reno:.2f} wvegas/vegas {wv:.2f} "
+                    f"wvegas/reno {wvr:.2f}")
         return ""
-    doc = _measure("exp_fairness", "mpbefair", tmp_path, check)
-    assert {r["cc"] for r in doc["results"]} == {"reno", "lia"}
+    doc = _measure("exp_fairness", "mpbefair", tmp_path, check,
+                   extra=["--vegas-name", f"bpfvegas{os.getpid() % 100000}"], timeout=300)
+    assert {(r["cc"], r["competitor"]) for r in doc["results"]} == \
+        {("reno", "reno"), ("lia", "reno"), ("wvegas", "vegas"), ("wvegas", "reno")}
 
 
 @pytest.mark.timeout(600)

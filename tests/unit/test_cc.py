@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -12,7 +13,7 @@ from mptcp_bpf.cc.balia import balia_decrease, balia_increase
 from mptcp_bpf.cc.cubic import cubic_k, cubic_window
 from mptcp_bpf.cc.lia import lia_alpha, lia_increase
 from mptcp_bpf.cc.olia import olia_epsilons, olia_increase
-from mptcp_bpf.cc.wvegas import wvegas_alpha, wvegas_diff, wvegas_update
+from mptcp_bpf.cc.wvegas import wvegas_alpha, wvegas_diff, wvegas_increase, wvegas_update
 from mptcp_bpf.tcp.congestion import CcGroup
 
 MSS = 1000
@@ -204,18 +205,24 @@ def test_wvegas_diff_and_alpha():
 
 
 def test_wvegas_per_rtt_update():
-    # diff = 20*(0.11-0.1)/0.11 = 1.8 < alpha 5 -> w + 1
+    # diff = 20*(0.11-0.1)/0.11 = 1.8 < alpha 5 -> w + 1; below the target the queueing
+    # delay is not a reference for the drain
     s = wvegas_update(20, 0.11, 0.1, 5, False, None)
-    assert s.cwnd == pytest.approx(21) and s.min_queue_delay == pytest.approx(0.01)
+    assert s.cwnd == pytest.approx(21) and s.min_queue_delay is None and not s.drained
     # diff = 20*0.05/0.15 = 6.7 > alpha 5 -> w - 1 (queue delay seen first time: no drain)
     s = wvegas_update(20, 0.15, 0.1, 5, False, None)
-    assert s.cwnd == pytest.approx(19)
+    assert s.cwnd == pytest.approx(19) and s.min_queue_delay == pytest.approx(0.05)
     # diff == alpha exactly -> unchanged
     s = wvegas_update(20, 0.2, 0.1, 10, False, None)
     assert s.cwnd == pytest.approx(20)
     # queueing delay 0.05 > 2 * smallest seen (0.01): drain to w * base / (2 rtt)
     s = wvegas_update(20, 0.15, 0.1, 5, False, 0.01)
     assert s.cwnd == pytest.approx(19 * 0.1 / (2 * 0.15)) and s.min_queue_delay is None
+    assert s.drained
+    # a smaller queue at the target lowers the reference; twice it is not yet a drain
+    s = wvegas_update(40, 0.115, 0.1, 5, False, 0.02)    # diff 5.2 >= 5, q 0.015
+    assert s.min_queue_delay == pytest.approx(0.015) and not s.drained
+    assert s.cwnd == pytest.approx(39)
 
 
 def test_wvegas_slow_start_exit():
@@ -238,6 +245,125 @@ def test_wvegas_controller_runs_per_rtt():
         now += 0.02
     assert sf.cwnd >= w0
     assert ctl.alpha == pytest.approx(max(2, 10 * 0.5), rel=0.1)
+
+
+def _wvegas_round(ctl, sf, samples, now, step=0.01):
+    """ACKs with these RTT samples, together acknowledging about one window (one round)."""
+    acked = max(1, sf.cwnd // len(samples))
+    for r in samples:
+        ctl.on_ack(sf, acked, r, now)
+        now += step
+    return now
+
+
+def test_wvegas_round_rtt_is_the_smallest_sample():
+    """Delayed ACKs and stalls only add to a sample: the round's minimum is the estimate
+    (tcp_vegas). Rounds of samples 0.1 with spikes to 0.3 still see no queue: w grows."""
+    group, sfs, ctls = make("wvegas", [(20, 0.1)])
+    sf, ctl = sfs[0], ctls[0]
+    now = _wvegas_round(ctl, sf, [0.1] * 12, 0.0)
+    w0 = sf.cwnd
+    for _ in range(5):
+        now = _wvegas_round(ctl, sf, [0.3, 0.1, 0.25, 0.1, 0.3, 0.1, 0.2, 0.1, 0.3, 0.1, 0.1], now)
+    assert sf.cwnd >= w0 + 3 * MSS
+    assert ctl.drains == 0
+
+
+def test_wvegas_noise_below_target_does_not_drain():
+    """Queueing 'delays' of a fraction of a ms below the target (our stack's own latency)
+    are no reference: the window climbs to its alpha target without a drain."""
+    group, sfs, ctls = make("wvegas", [(10, 0.02)])
+    sf, ctl = sfs[0], ctls[0]
+    base, bdp = 0.020, 17.0
+    now = 0.0
+    for i in range(60):
+        w = sf.cwnd / MSS
+        queue = max(0.0, w - bdp) * base / bdp           # seconds of queue at the bottleneck
+        noise = 0.0008 if i % 3 else 0.0003
+        now = _wvegas_round(ctl, sf, [base + queue + noise] * 6, now, step=(base + queue) / 6)
+        sf.srtt = base + queue
+    assert ctl.rounds >= 40 and ctl.drains == 0
+    w = sf.cwnd / MSS
+    assert bdp + 7 <= w <= bdp + 14     # about alpha (10) packets queued
+
+
+def test_wvegas_increase_below_target_is_lia():
+    """Below the target the step is LIA's per-packet increase times the round's packets
+    acknowledged (RFC 6356 §3), at most 1: one subflow alone grows like Reno (acked / w),
+    two equal subflows grow by 1/2 per RTT together (LIA's alpha = 1/2), not 2."""
+    assert wvegas_increase(0, [20.0], [0.1], 20) == pytest.approx(1.0)
+    assert wvegas_increase(0, [20.0], [0.1], 10) == pytest.approx(0.5)
+    assert wvegas_increase(0, [20.0], [0.1], 30) == pytest.approx(1.0)     # capped at +1
+    both = [wvegas_increase(i, [10.0, 10.0], [0.1, 0.1], 10) for i in (0, 1)]
+    assert both == pytest.approx([0.25, 0.25])
+    w, r = [10.0, 30.0], [0.02, 0.1]
+    for i in (0, 1):
+        assert wvegas_increase(i, w, r, w[i]) == pytest.approx(min(1.0, lia_increase(i, w, r) * w[i]))
+    # the update applies it below the target only; above it Vegas's w - 1 stays
+    assert wvegas_update(20, 0.11, 0.1, 5, False, None, increase=0.25).cwnd == pytest.approx(20.25)
+    assert wvegas_update(20, 0.15, 0.1, 5, False, None, increase=0.25).cwnd == pytest.approx(19)
+    s = wvegas_update(20, 0.15, 0.1, 5, False, 0.01, increase=0.25)        # the drain stays
+    assert s.drained and s.cwnd == pytest.approx(19 * 0.1 / (2 * 0.15))
+
+
+def test_wvegas_connection_grows_like_one_flow_below_target():
+    """Two subflows without queueing delay (below their target) add about 1/2 packet per
+    RTT together, where mptcp_wvegas's rule added 1 each; one alone still adds 1."""
+    group, sfs, ctls = make("wvegas", [(20, 0.1), (20, 0.1)])
+    now = [0.0, 0.0]
+    for _ in range(3):                                    # base RTT, first rounds
+        for k in (0, 1):
+            now[k] = _wvegas_round(ctls[k], sfs[k], [0.1] * 10, now[k])
+    w0 = sum(sf.cwnd for sf in sfs)
+    for _ in range(20):
+        for k in (0, 1):
+            now[k] = _wvegas_round(ctls[k], sfs[k], [0.1] * 10, now[k])
+    grown = (sum(sf.cwnd for sf in sfs) - w0) / MSS
+    assert 5 <= grown <= 14                              # ~0.5 per round, never 2 per round
+    assert ctls[0].drains == ctls[1].drains == 0
+    group, (sf,), (ctl,) = make("wvegas", [(20, 0.1)])
+    now1 = _wvegas_round(ctl, sf, [0.1] * 10, 0.0)
+    w0 = sf.cwnd
+    for _ in range(20):
+        now1 = _wvegas_round(ctl, sf, [0.1] * 10, now1)
+    assert 14 <= (sf.cwnd - w0) / MSS <= 21
+
+
+def _random_loss_windows(name, subflows, p, rounds=1500, seed=3):
+    """Mean total window (packets) of one connection of `subflows` subflows at a bottleneck
+    that drops each packet with probability p and holds no queue (rtt = base): losses come
+    before any delay target. A lossy round ends in one halving (recovery)."""
+    rnd = random.Random(seed)
+    group, sfs, ctls = make(name, [(10, 0.1)] * subflows)
+    now, total = 0.0, 0.0
+    for n in range(rounds):
+        for sf, ctl in zip(sfs, ctls):
+            w = max(1, sf.cwnd // MSS)
+            lost = False
+            for k in range(w):
+                if rnd.random() < p:
+                    lost = True
+                else:
+                    ctl.on_ack(sf, MSS, 0.1, now + 0.1 * k / w)
+            if lost:
+                sf.in_flight = sf.cwnd
+                ctl.on_enter_recovery(sf, now)
+                ctl.on_exit_recovery(sf, now)
+        now += 0.1
+        if n >= rounds // 5:
+            total += sum(sf.cwnd for sf in sfs) / MSS
+    return total / (rounds - rounds // 5)
+
+
+def test_wvegas_takes_one_share_when_losses_come_first():
+    """RFC 6356's first goal where drops come before the queue target: two wvegas subflows
+    hold about one Reno flow's window under the same loss rate (the +1-per-subflow rule of
+    mptcp_wvegas held about two)."""
+    reno = _random_loss_windows("reno", 1, 0.003)
+    wv = _random_loss_windows("wvegas", 2, 0.003)
+    lia = _random_loss_windows("lia", 2, 0.003)
+    assert 0.7 <= wv / reno <= 1.3, (wv, reno, lia)
+    assert abs(wv - lia) <= 0.25 * lia
 
 
 # ---------------------------------------------------------------- CUBIC

@@ -16,7 +16,7 @@ RANKS = {
     "lab": 2, "plugins": 2,
     "pm": 3, "sched": 3, "cc": 3,
     "mptcp": 4,
-    "sysctl": 5,
+    "sysctl": 5, "endpoints": 5,
     "stack": 6, "control": 6,
     "socket": 7,
     "cli": 9, "__main__": 10, "__init__": 10,
