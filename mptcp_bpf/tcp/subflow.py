@@ -791,42 +791,11 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         extra = fn(self)
         if extra is None:
             return False
-        if self.ts_ok:
-            opts = _pack_ts(_TS_FAST, (int(now * 1000) + self._ts_offset) & _M32, self.ts_recent)
-        else:
-            opts = b""
-        if extra:
-            opts += extra
-        if self._sack_blocks and self.sack_ok:
-            room = (36 - len(opts)) // 8
-            if room > 0:
-                blocks = self._sack_blocks[:room]
-                base = self.irs
-                opts += bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
-                    _pack_II((base + a) & _M32, (base + b) & _M32) for a, b in blocks)
-        pad = -len(opts) & 3
-        if pad:
-            opts += b"\x01" * pad
-        # the window as _emit computes it; its side effects already happened (same values)
-        rcv_nxt = self.rcv_nxt
-        fn_w = self.rcv_window_fn
-        if fn_w is not None:
-            wnd = fn_w()
-            if wnd < 0:
-                wnd = 0
-        else:
-            wnd = self.config.rcv_buf - self._ooo_bytes
-            if rcv_nxt + wnd < self._rcv_adv_right:
-                wnd = self._rcv_adv_right - rcv_nxt
-        field = wnd >> self.rcv_wscale
-        if field > 0xFFFF:
-            field = 0xFFFF
+        opts = self._options(now, extra)
+        field = self._window_field()
         if field << self.rcv_wscale != self._rcv_wnd_adv:
             return False  # differs from what the last segment said: per-segment path
-        tb = self._tb
-        if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
-            tb = self._builder()
-        return (opts, field, (self.irs + rcv_nxt) & _M32, tb)
+        return (opts, field, (self.irs + self.rcv_nxt) & _M32, self._template())
 
     def _burst(self, c: list, hdr: tuple, now: float) -> None:
         """TSO-like: the rest of chunk `c` (the push just sent a segment of it) in one loop,
@@ -920,46 +889,13 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
               opts: bytes | None = None) -> None:
         """Build one segment (options, window, checksums) and hand it to output."""
         if opts is None:
-            if self.ts_ok:
-                opts = _pack_ts(_TS_FAST, (int(now * 1000) + self._ts_offset) & _M32,
-                                self.ts_recent)
-            else:
-                opts = b""
-            extra = self._ack_options(self, meta, length, flags)
-            if extra:
-                opts += extra
-            if (self._sack_blocks or self._dsack) and self.sack_ok:
-                room = (36 - len(opts)) // 8
-                if room > 0:
-                    blocks = self._sack_blocks
-                    if self._dsack is not None:
-                        # RFC 2883: the duplicate range first (lets the sender undo)
-                        blocks = [self._dsack] + blocks
-                        self._dsack = None
-                    blocks = blocks[:room]
-                    base = self.irs
-                    opts += bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
-                        _pack_II((base + a) & _M32, (base + b) & _M32) for a, b in blocks)
-            pad = -len(opts) & 3
-            if pad:
-                opts += b"\x01" * pad
+            opts = self._options(now, self._ack_options(self, meta, length, flags))
         rcv_nxt = self.rcv_nxt
-        fn = self.rcv_window_fn
-        if fn is not None:
-            wnd = fn()
-            if wnd < 0:
-                wnd = 0
-        else:
-            wnd = self.config.rcv_buf - self._ooo_bytes
-            if rcv_nxt + wnd < self._rcv_adv_right:
-                wnd = self._rcv_adv_right - rcv_nxt  # never shrink the window (RFC 7323 §2.4)
+        field = self._window_field()
         ws = self.rcv_wscale
-        field = wnd >> ws
-        if field > 0xFFFF:
-            field = 0xFFFF
         adv = field << ws
         self._rcv_wnd_adv = adv
-        if fn is not None or rcv_nxt + adv > self._rcv_adv_right:
+        if self.rcv_window_fn is not None or rcv_nxt + adv > self._rcv_adv_right:
             self._rcv_adv_right = rcv_nxt + adv
         if flags & ACK:
             self._ack_pending = 0
@@ -969,9 +905,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
             self.last_data_sent = now
         self.segs_out += 1
         if self.build is build_tcp_packet:
-            tb = self._tb
-            if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
-                tb = self._builder()
+            tb = self._template()
             self.output(tb.build((self.iss + seq) & _M32, (self.irs + rcv_nxt) & _M32, flags,
                                  field, opts, payload, self.tx_csum))
             return
@@ -980,6 +914,52 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         self.output(self.build(local[0], remote[0], local[1], remote[1], (self.iss + seq) & _M32,
                                (self.irs + rcv_nxt) & _M32, flags, field, opts, payload,
                                self.tos, self._ttl, self.tx_csum))
+
+    def _options(self, now: float, extra: bytes | None) -> bytes:
+        """Timestamps, the owner's `extra`, then SACK blocks as room allows (a pending
+        D-SACK first and consumed, RFC 2883: it lets the sender undo), padded to 4 bytes."""
+        if self.ts_ok:
+            opts = _pack_ts(_TS_FAST, (int(now * 1000) + self._ts_offset) & _M32, self.ts_recent)
+        else:
+            opts = b""
+        if extra:
+            opts += extra
+        if (self._sack_blocks or self._dsack) and self.sack_ok:
+            room = (36 - len(opts)) // 8
+            if room > 0:
+                blocks = self._sack_blocks
+                if self._dsack is not None:
+                    blocks = [self._dsack] + blocks
+                    self._dsack = None
+                blocks = blocks[:room]
+                base = self.irs
+                opts += bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
+                    _pack_II((base + a) & _M32, (base + b) & _M32) for a, b in blocks)
+        pad = -len(opts) & 3
+        if pad:
+            opts += b"\x01" * pad
+        return opts
+
+    def _window_field(self) -> int:
+        """The window field to send now (no side effects; _emit records what it sent)."""
+        fn = self.rcv_window_fn
+        if fn is not None:
+            wnd = fn()
+            if wnd < 0:
+                wnd = 0
+        else:
+            wnd = self.config.rcv_buf - self._ooo_bytes
+            if self.rcv_nxt + wnd < self._rcv_adv_right:
+                wnd = self._rcv_adv_right - self.rcv_nxt  # never shrink the window (RFC 7323 §2.4)
+        field = wnd >> self.rcv_wscale
+        return 0xFFFF if field > 0xFFFF else field
+
+    def _template(self) -> TcpBuilder:
+        """The header template of this 4-tuple, remade when tos/ttl changed."""
+        tb = self._tb
+        if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
+            tb = self._builder()
+        return tb
 
     def _builder(self) -> TcpBuilder:
         """The header template of this 4-tuple (remade when tos/ttl change)."""
@@ -992,9 +972,7 @@ class Subflow(RecoveryMixin, RttMixin, ReceiveMixin, InspectMixin):
         """A segment outside the window machinery (SYN, SYN/ACK, RST to a bad ACK)."""
         self.segs_out += 1
         if self.build is build_tcp_packet:
-            tb = self._tb
-            if tb is None or tb.tos != self.tos or tb.ttl != self._ttl:
-                tb = self._builder()
+            tb = self._template()
             self.output(tb.build(seq32, ack32, flags, window, opts, payload, self.tx_csum))
             return
         self.output(self.build(self.local[0], self.remote[0], self.local[1], self.remote[1],
