@@ -193,17 +193,20 @@ class EndpointTable:
         return st.call(change)
 
     def flush(self) -> list[dict]:
-        """`ip mptcp endpoint flush`: every endpoint deleted (its signals sent)."""
+        """`ip mptcp endpoint flush`: every endpoint deleted at once, so each connection
+        sends one REMOVE_ADDR with all the ids it announced, as the kernel does."""
         st = self.stack
-        with st.lock:
-            ids = [la.id for la in st.host.addresses]
-        out = []
-        for i in ids:
-            try:
-                out.append(self.delete(i))
-            except HintedError:   # deleted meanwhile by another request
-                pass
-        return out
+
+        def flush() -> list[dict]:
+            rows = [self.row(la) for la in st.host.addresses]
+            for la in st.host.flush_addresses():
+                if la.port:
+                    st.reservations.release(la.address.version, la.port)
+                    st._on_listen(la.address.version, la.address.packed, la.port, False)
+            for row in rows:
+                self.event("endpoint_removed", row)
+            return rows
+        return st.call(flush)
 
     def event(self, kind: str, row: dict) -> None:
         """A monitor event for an endpoint change (flags as ip prints them: a,b)."""

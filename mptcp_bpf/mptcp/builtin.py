@@ -28,14 +28,19 @@ class LowestRttScheduler:
         for sf in candidates:
             if not sf.can_send():
                 continue
-            key = (sf.backup, sf.srtt if sf.srtt is not None else 0.0, sf.id)
+            key = (_backup(sf), sf.srtt if sf.srtt is not None else 0.0, sf.id)
             if best_key is None or key < best_key:
                 best, best_key = sf, key
         if best is None:
             return []
-        if best.backup and any(not s.backup and s.established and not s.pf for s in candidates):
+        if _backup(best) and any(not _backup(s) and s.established and not s.pf for s in candidates):
             return []  # an active subflow exists but is full: wait for it
         return [best]
+
+
+def _backup(sf: Any) -> bool:
+    """Backup for us when we asked (MP_JOIN/MP_PRIO B we sent) or the peer did."""
+    return bool(sf.backup or getattr(sf, "peer_backup", False))
 
 
 class FullMeshPm:

@@ -178,6 +178,19 @@ class Host:
                 for c in list(self.conns.values()):
                     c._pm_call("on_local_address_change", "down", la)
 
+    def flush_addresses(self) -> list[api.LocalAddr]:
+        """Remove every address at once (`ip mptcp endpoint flush`): a path manager with
+        `on_local_addresses_flushed` hears them together (one RM_ADDR, as the kernel
+        sends); others hear "down" for each."""
+        gone, self.addresses = self.addresses, []
+        for c in list(self.conns.values()):
+            if hasattr(c.pm, "on_local_addresses_flushed"):
+                c._pm_call("on_local_addresses_flushed", gone)
+            else:
+                for la in gone:
+                    c._pm_call("on_local_address_change", "down", la)
+        return gone
+
     def change_address(self, la: api.LocalAddr, backup: bool | None = None,
                        flags: frozenset | None = None) -> None:
         """New backup flag or endpoint flags of a local address (`ip mptcp endpoint change`):

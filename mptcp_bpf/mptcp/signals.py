@@ -102,10 +102,17 @@ class SignalsMixin:
         doomed = [s for s in self.subflows if s.local_id in ids]
         self._signal(emit(RemoveAddr(ids)), next((s for s in self.subflows
                                                   if s.established and s not in doomed), None))
-        self.host.count("rm_addr_tx")
+        self.host.count("rm_addr_tx", len(ids))   # per id, as the kernel's RmAddrTx
         for s in doomed:
             self._close_removed(s)
         self._event("removed", rem_id=ids[0], local=True)
+
+    def close_local(self, ids: Iterable[int]) -> None:
+        """Close the subflows of local address ids with no RM_ADDR (the kernel's flush does
+        this for endpoints it never announced)."""
+        ids = tuple(ids)
+        for s in [s for s in self.subflows if s.local_id in ids]:
+            self._close_removed(s)
 
     def _close_removed(self, s: MpSubflow) -> None:
         """A subflow of a removed address (8684 §3.4.2): re-inject its data, then FIN when
@@ -155,7 +162,8 @@ class SignalsMixin:
         self._pm_call("on_add_addr", ra)
 
     def _rx_remove_addr(self, msf: MpSubflow, r: RemoveAddr) -> None:
-        self.host.count("rm_addr_rx")
+        # per id, as the kernel's RmAddr (one RM_ADDR of a flush carries several)
+        self.host.count("rm_addr_rx", len(r.ids))
         ids = set(r.ids)
         self.remote_addresses = [a for a in self.remote_addresses if a.id not in ids or a.id == 0
                                  and not any(s.remote_id == 0 for s in self.subflows)]
@@ -169,8 +177,9 @@ class SignalsMixin:
         self.host.count("mp_prio_rx")
         targets = [msf] if p.addr_id is None else [s for s in self.subflows if s.remote_id == p.addr_id]
         for s in targets:
+            # the peer's wish only: `backup` stays ours, so our own later MP_PRIO (an
+            # endpoint set to backup) still goes out, as the kernel's (request_bkup)
             s.peer_backup = p.backup
-            s.backup = p.backup
             self._event("sf_priority", sf=s)
 
     def _rx_fastclose(self, msf: MpSubflow, f: MpFastclose) -> None:

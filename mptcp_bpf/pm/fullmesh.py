@@ -170,16 +170,37 @@ class FullMeshPathManager(BasePathManager):
             if conn.role != SERVER:
                 self.reconcile(conn)
         elif event == "down":
-            self.down.add(host)
-            self.retries.forget(lambda k: k[0] == host)
-            self.announced.discard(addr.id)
-            conn.remove_addr([addr.id])
+            # RM_ADDR when announced or in use by a subflow; else nothing to tell the peer
+            tell = self._announced(addr) or any(str(ip(sf.local[0])) == host
+                                                for sf in conn.subflows)
+            self._forget(addr)
+            if tell:
+                conn.remove_addr([addr.id])
         elif event == "prio":
             for sf in list(conn.subflows):
                 if str(ip(sf.local[0])) == host and bool(sf.backup) != bool(addr.backup):
                     conn.set_prio(sf, bool(addr.backup))
         elif event == "flags" and conn.role != SERVER:
             self.reconcile(conn)   # fullmesh set: pairs to the announced addresses too
+
+    def on_local_addresses_flushed(self, conn: Any, addrs: list) -> None:
+        """`endpoint flush`: one RM_ADDR with every announced id; the subflows of the other
+        addresses close with no RM_ADDR (the kernel's mptcp_pm_remove_addrs_and_subflows)."""
+        signalled = [a.id for a in addrs if self._announced(a)]
+        for a in addrs:
+            self._forget(a)
+        conn.remove_addr(signalled)
+        conn.close_local(a.id for a in addrs if a.id not in signalled)
+
+    def _announced(self, addr: Any) -> bool:
+        return addr.id in self.announced
+
+    def _forget(self, addr: Any) -> None:
+        """A local address gone: no joins from it, not announced any more."""
+        host = str(ip(addr.address))
+        self.down.add(host)
+        self.retries.forget(lambda k: k[0] == host)
+        self.announced.discard(addr.id)
 
     def on_timer(self, conn: Any, now: float) -> None:
         if self.retries.tick(now):

@@ -2,7 +2,7 @@
 mptcp_join.sh and friends) with OUR protocol core as one peer and kernel MPTCP as the other.
 
 Shape (the selftests' ns1/ns2 with veths, replaced by TUN devices):
-- one namespace `mpbk-<hex>` holds the kernel peer and four TUN devices bk1..bk4 (the
+- one namespace `mpbj-<hex>` holds the kernel peer and four TUN devices bk1..bk4 (the
   selftests' four links). Link i carries 10.0.i.0/24 and dead:beef:i::/64; the server side
   (ns1 in the selftests) owns .1 / ::1, the client side (ns2) .2 / ::2, whichever of the
   two the kernel plays.
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from mptcp_bpf.mptcp.host import Host, HostConfig
+from mptcp_bpf.mptcp.subflow import SF_CLOSED
+from mptcp_bpf.stack import MIB_NAMES
 from mptcp_bpf.wire.checksum import csum_finish, csum_partial, pseudo_header_sum
 from tests.priv.kernel_tun import IPPROTO_MPTCP, KernelTunLab, read_available, sh
 
@@ -44,6 +46,7 @@ KERNEL_CLIENT = "kernel_client"   # kernel = ns2 (connector), we = ns1 (listener
 ROLES = (KERNEL_SERVER, KERNEL_CLIENT)
 
 PRE_COUNTERS = ("MPJoinAckRx", "MPJoinSynAckRx", "AddAddr", "EchoAdd", "EchoAddTx")
+OUR_MIB = {**MIB_NAMES, "rm_subflow": "RmSubflow"}   # our stats -> MPTcpExt names
 FALLBACK_COUNTERS = ("InfiniteMapTx", "DSSCorruptionFallback", "SimultConnectFallback",
                      "MPCapableFallbackACK", "MPCapableFallbackSYNACK",
                      "MPCapableDataFallback", "MD5SigFallback", "DssFallback")
@@ -62,8 +65,9 @@ class Check:
 
     ns: int
     name: str
-    op: str      # "==", ">=", "<=", "==0|>=": == when value is 0 else >=
+    op: str      # "==", ">=", "<=", "rst"/"add": == when value is 0 else >=, "simult", "range"
     value: int
+    hi: int = 0  # "range": value <= got <= hi
 
     def ok(self, got: int) -> bool:
         if self.op == "==":
@@ -76,16 +80,25 @@ class Check:
             return got == 0 if self.value == 0 else got >= self.value
         if self.op == "add":   # chk_add_nr: retransmissions may add more unless none expected
             return got == 0 if self.value == 0 else got >= self.value
+        if self.op == "range":
+            return self.value <= got <= self.hi
+        if self.op == "simult":   # chk_rm_nr ... simult: both sides' sum in [n, 2n]
+            return self.value <= got <= 2 * self.value
         raise ValueError(self.op)
 
     def __str__(self) -> str:
-        return f"ns{self.ns}.{self.name} {self.op} {self.value}"
+        hi = f"..{self.hi}" if self.op == "range" else ""
+        return f"ns{self.ns or '1+2'}.{self.name} {self.op} {self.value}{hi}"
 
 
 def chk_join_nr(syn: int, synack: int, ack: int, syn_rej: int = 0, syn_tx: int | None = None,
-                fb_ns1: dict | None = None, fb_ns2: dict | None = None) -> list[Check]:
-    """mptcp_join.sh chk_join_nr (+ chk_join_tx_nr and chk_fallback_nr_all)."""
-    out = [Check(1, "MPJoinSynRx", "==", syn), Check(2, "MPJoinSynAckRx", "==", synack),
+                fb_ns1: dict | None = None, fb_ns2: dict | None = None,
+                cookies: bool = False) -> list[Check]:
+    """mptcp_join.sh chk_join_nr (+ chk_join_tx_nr and chk_fallback_nr_all); `cookies`
+    (net.ipv4.tcp_syncookies=2): SYN/ACKs up to `syn` tolerated, as upstream."""
+    sa = Check(2, "MPJoinSynAckRx", "range", synack, syn) if cookies else \
+        Check(2, "MPJoinSynAckRx", "==", synack)
+    out = [Check(1, "MPJoinSynRx", "==", syn), sa,
            Check(2, "MPJoinSynAckHMacFailure", "==", 0), Check(1, "MPJoinAckRx", "==", ack),
            Check(1, "MPJoinAckHMacFailure", "==", 0), Check(1, "MPJoinRejected", "==", syn_rej),
            Check(2, "MPJoinSynTx", "==", syn if syn_tx is None else syn_tx)]
@@ -109,9 +122,12 @@ def chk_add_tx_nr(add_tx: int, echo_tx: int) -> list[Check]:
     return [Check(1, "AddAddrTx", "add", add_tx), Check(2, "EchoAddTx", "==", echo_tx)]
 
 
-def chk_rm_nr(rm_addr: int, rm_sf: int, invert: bool = False) -> list[Check]:
+def chk_rm_nr(rm_addr: int, rm_sf: int, invert: bool = False, simult: bool = False) -> list[Check]:
+    """With `simult` (both sides flush at once) the RmSubflow of ns1 and ns2 are summed
+    (ns 0 = the sum) and must lie in [rm_sf, 2 rm_sf], as upstream."""
     addr_ns, sf_ns = (2, 1) if invert else (1, 2)
-    return [Check(addr_ns, "RmAddr", "==", rm_addr), Check(sf_ns, "RmSubflow", "==", rm_sf)]
+    sf = Check(0, "RmSubflow", "simult", rm_sf) if simult else Check(sf_ns, "RmSubflow", "==", rm_sf)
+    return [Check(addr_ns, "RmAddr", "==", rm_addr), sf]
 
 
 def chk_rm_tx_nr(n: int) -> list[Check]:
@@ -209,6 +225,12 @@ class EndpointPm:
     def on_established(self, conn: Any) -> None:
         self.conn = conn
         self.lab.conn_ready(conn)
+        # the MPC subflow's endpoint: with the backup flag, MP_PRIO backup on the initial
+        # subflow, either role (pm_kernel.c, "lazy endpoint usage accounting for the MPC")
+        if any(ep.has("backup") and ipaddress.ip_address(ep.addr) == conn.local_ip
+               for ep in self.side.endpoints) and conn.subflows:
+            self.lab.log.append("mpc backup: set_prio")
+            conn.set_prio(conn.subflows[0], True)
         for ep in self.side.endpoints:
             self.endpoint_added(conn, ep)
         early, self.early = self.early, []
@@ -245,8 +267,10 @@ class EndpointPm:
                 self._open(conn, ep.addr, ra.address, ra.port, ep.has("backup"))
         else:
             src = self.lab.source_for(ra.address)
-            if src is not None:
-                self._open(conn, str(src), ra.address, ra.port, False)
+            if src is not None:   # a join from a backup endpoint has B=1, as the kernel's
+                backup = any(ep.has("backup") and ipaddress.ip_address(ep.addr) == src
+                             for ep in self.side.endpoints)
+                self._open(conn, str(src), ra.address, ra.port, backup)
 
     def on_rm_addr(self, conn: Any, ids: Any) -> None:
         pass
@@ -381,6 +405,21 @@ def drop_subtype(tamper: Tamper, subtype: int) -> None:
     tamper.add(fn)
 
 
+def rm_addr_ids(p: bytes) -> list[int]:
+    """Number of address ids in each REMOVE_ADDR (8684 §3.4.2: 3 + n bytes) of a packet."""
+    t, data, _ = _tcp_offsets(bytearray(p[:120]))
+    return [n - 3 for i, k, n in _options(p, t, data)
+            if k == 30 and i + 2 < data and p[i + 2] >> 4 == 4]
+
+
+def watch_rm_addr(tamper: Tamper, seen: list[int]) -> None:
+    """Append the id count of every REMOVE_ADDR passing `tamper` to `seen`."""
+    def fn(pth: int, p: bytes) -> bytes:
+        seen.extend(rm_addr_ids(p))
+        return p
+    tamper.add(fn)
+
+
 def strip_syn(tamper: Tamper, synack: bool) -> None:
     """Strip MPTCP options from SYNs (synack=False) or SYN/ACKs (synack=True)."""
     def fn(pth: int, p: bytes) -> bytes:
@@ -410,9 +449,10 @@ class Lab(KernelTunLab):
         self.dropped_unknown_dst = 0
         self.our_addrs: set[bytes] = set()
         self.armed = False           # set once the mid-connection phase starts
+        self.routes: dict[str, int] = {}   # our side's host routes: destination -> link
         links = [(f"bk{i}", [f"{addr(self.kside, i)}/24", f"{addr(self.kside, i, True)}/64"])
                  for i in range(1, NPATHS + 1)]
-        super().__init__(f"mpbk-{uuid.uuid4().hex[:8]}", links,
+        super().__init__(f"mpbj-{uuid.uuid4().hex[:8]}", links,
                          [f"net.mptcp.checksum_enabled={int(kernel_checksum)}"])
 
     def setup(self) -> None:
@@ -496,7 +536,7 @@ class Lab(KernelTunLab):
     def source_for(self, raddr: Any) -> Any:
         """Routing of our side: the address on the same link, else link 1 (default route)."""
         raddr = ipaddress.ip_address(raddr)
-        path = self.path_of(raddr.packed) or 1
+        path = self.routes.get(str(raddr)) or self.path_of(raddr.packed) or 1
         return ipaddress.ip_address(addr(self.oside, path, raddr.version == 6))
 
     @staticmethod
@@ -515,6 +555,14 @@ class Lab(KernelTunLab):
             if c is not None:
                 c.pm = EndpointPm(self.side, self)
                 c.path_manager = "selftest"
+
+    def our_mib(self) -> dict[str, int]:
+        """Our Host's counters under the kernel's MPTcpExt names (stack.MIB_NAMES)."""
+        out = {m: 0 for m in OUR_MIB.values()}
+        for k, v in self.host.stats.items():
+            if k in OUR_MIB:
+                out[OUR_MIB[k]] += int(v)
+        return out
 
     def conn_ready(self, conn: Any) -> None:
         self._ready_conns.append(conn)
@@ -641,6 +689,7 @@ class Ns:
     checksum: bool = False             # net.mptcp.checksum_enabled
     allow_join_id0: bool = True        # net.mptcp.allow_join_initial_addr_port
     sysctls: tuple = ()                # extra kernel sysctls ("net.mptcp.add_addr_timeout=1")
+    routes: tuple = ()                 # (destination, link): `ip route add DST via .. dev ethLINK`
 
 
 def ep(a: str, flags: str = "subflow", id: int | None = None, port: int | None = None,
@@ -671,6 +720,9 @@ def apply_kernel(lab: Lab, n: Ns) -> None:
                f"net.mptcp.allow_join_initial_addr_port={int(n.allow_join_id0)}", *n.sysctls)
     for e in n.eps:
         lab.kernel_endpoint(e.addr, *e.flags, id=e.id, port=e.port, dev=getattr(e, "dev", None))
+    for dst, link in n.routes:
+        sh("ip", "-n", lab.ns, "route", "add", dst, "via", addr(3 - lab.kside, link),
+           "dev", f"bk{link}")
 
 
 def our_side(n: Ns) -> OurSide:
@@ -707,11 +759,15 @@ def do_action(lab: Lab, conn: Any, a: Act) -> None:
         for e in list(side.endpoints[:a.n]):
             side.endpoints.remove(e)
             lab.log.append(f"remove_addr {e.id} ({e.addr})")
+            lab.host.count("rm_subflow", sum(1 for s in conn.subflows if s.local_id == e.id
+                                             and s.mp_state != SF_CLOSED))
             conn.remove_addr([e.id])
             lab.sleep(0.3)
     elif a.op == "del0":
         lab.log.append("remove_addr 0")
         conn.remove_addr([0])
+    elif a.op == "flush":
+        flush_ours(lab, conn)
     elif a.op == "add":
         e = Endpoint(a.e.addr, a.e.flags, a.e.id, a.e.port)
         ip = ipaddress.ip_address(e.addr)
@@ -728,6 +784,28 @@ def do_action(lab: Lab, conn: Any, a: Act) -> None:
                         if sf.local_addr == ip and bool(sf.backup) != (f == "backup"):
                             lab.log.append(f"set_prio {sf.local_addr} {f}")
                             conn.set_prio(sf, f == "backup")
+
+
+def flush_ours(lab: Lab, conn: Any) -> None:
+    """`ip mptcp endpoint flush` on our side with the kernel's semantics
+    (mptcp_pm_flush_addrs_and_subflows): ONE RM_ADDR carrying the ids of all announced
+    endpoints (8684 §3.4.2 allows a list), and the subflows from any endpoint address --
+    the implicit ones of joins to announced addresses included -- closed without RM_ADDR.
+    Counts our RmSubflow (the subflows we closed), which our core does not keep."""
+    side = lab.side
+    ips = {ipaddress.ip_address(e.addr) for e in side.endpoints}
+    side.endpoints.clear()
+    # the kernel makes an implicit endpoint of a join's source address (not of the
+    # initial address: joins to it, on a server, use local id 0)
+    ips |= {s.local_addr for s in conn.subflows if s.join and s.local_addr != conn.local_ip}
+    ids = sorted({la.id for la in lab.host.addresses if la.address in ips} & set(conn.pm.announced))
+    live = [s for s in conn.subflows if s.local_addr in ips and s.mp_state != SF_CLOSED]
+    lab.log.append(f"flush: rm_addr {ids}, close {[str(s.local_addr) for s in live]}")
+    if ids:
+        conn.remove_addr(ids)
+    for s in live:
+        conn._close_removed(s)
+    lab.host.count("rm_subflow", len(live))
 
 
 @dataclass
@@ -754,6 +832,8 @@ class Case:
     hold: float = 0.0                    # keep the connection open this long (no acts)
     xfail: dict = field(default_factory=dict)   # role -> reason (a known core bug)
     kernel_tcp: bool = False             # the kernel peer uses plain TCP (IPPROTO_TCP)
+    check_ours: tuple = ()               # counters also compared on our side (OUR_MIB names)
+    rm_ids: Optional[int] = None         # ns1 sends one REMOVE_ADDR with this many ids (flush)
 
 
 @dataclass
@@ -783,15 +863,28 @@ def throttled(pred: Callable[[], bool], every: float = 0.2) -> Callable[[], bool
     return fn
 
 
-def _checks_for(lab: Lab, checks: list[Check]) -> list[Check]:
-    return [c for c in checks if c.ns == lab.kside]
+def _checks_for(lab: Lab, checks: list[Check], ours: tuple = ()) -> list[Check]:
+    """The checks of the kernel's namespace, the two-side sums (ns 0), and those of our
+    side on the counters named in `ours` (our Host's counters with the same meaning as
+    the kernel's: OUR_MIB; MPJoinAckRx, for one, is counted on the other side by us)."""
+    return [c for c in checks if c.ns in (lab.kside, 0)
+            or (c.ns == lab.oside and c.name in ours)]
 
 
 def _eval(lab: Lab, checks: list[Check], before: dict) -> tuple[dict, list]:
     now = lab.mib()
     delta = {k: now.get(k, 0) - before.get(k, 0) for k in now}
-    bad = [(c, delta.get(c.name)) for c in checks
-           if c.name in now and not c.ok(delta.get(c.name, 0))]
+    ours = lab.our_mib()
+    bad = []
+    for c in checks:
+        if c.ns == lab.oside:
+            got = ours.get(c.name)
+        elif c.ns == 0:   # both sides summed
+            got = delta.get(c.name, 0) + ours.get(c.name, 0)
+        else:
+            got = delta.get(c.name)
+        if got is not None and not c.ok(got):
+            bad.append((c, got))
     return delta, bad
 
 
@@ -806,17 +899,22 @@ def run_case(role: str, case: Case) -> Result:
 def _run(lab: Lab, case: Case) -> Result:
     role = lab.role
     apply_kernel(lab, case.ns1 if lab.kside == 1 else case.ns2)
-    side = our_side(case.ns2 if lab.kside == 1 else case.ns1)
+    ours = case.ns2 if lab.kside == 1 else case.ns1
+    side = our_side(ours)
+    lab.routes = {str(ipaddress.ip_address(d)): link for d, link in ours.routes}
     host = lab.make_host(side)
     if case.tamper is not None:
         case.tamper(lab)
+    rm_seen: list[int] = []   # id counts of ns1's REMOVE_ADDRs, whichever side plays ns1
+    if case.rm_ids is not None:
+        watch_rm_addr(lab.tamper_out if lab.oside == 1 else lab.tamper_in, rm_seen)
     rng = random.Random(case.name)
     k1, k2 = rng.randbytes(case.size), rng.randbytes(case.size + 3)
     o1, o2 = rng.randbytes(case.size + 5), rng.randbytes(case.size + 1)
     port = 10000 + random.randrange(20000)
     server_addr = case.connect_to or addr(1, 1, case.v6)
     before = lab.mib()
-    checks = _checks_for(lab, case.expect)
+    checks = _checks_for(lab, case.expect, case.check_ours)
     # without netem the transfer is over in milliseconds: unless the case says otherwise,
     # hold the connection until the joins and ADD_ADDRs it expects have happened
     pre = _checks_for(lab, case.pre or [Check(c.ns, c.name, ">=", c.value) for c in case.expect
@@ -923,6 +1021,8 @@ def _run(lab: Lab, case: Case) -> Result:
             if not data_ok:
                 detail.append(f"data: ours got {len(got)}/{len(want_k)}, kernel got "
                               f"{len(app.got)}/{len(want_o)}")
+        if case.rm_ids is not None and rm_seen != [case.rm_ids]:
+            detail.append(f"ns1 REMOVE_ADDRs carried {rm_seen} ids, want one with {case.rm_ids}")
         if c is not None and bool(c.fallback) != case.want_fallback:
             detail.append(f"fallback={c.fallback} ({c.fallback_reason}), want {case.want_fallback}")
         return Result(delta, checks, bad, c, lab.log, dict(host.stats), app.error, data_ok,

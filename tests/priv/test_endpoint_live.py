@@ -126,6 +126,18 @@ def test_endpoint_changes_reach_a_kernel_peer(live):
     assert all(e["address"] != EXTRA for e in ok_json(lab, "endpoint", "show"))
     assert len(our_subflows(lab)) >= 1, "the connection lost its other subflows"
 
+    # flush: one REMOVE_ADDR for what we announced (path 2); its join closes, the
+    # initial subflow stays
+    path2 = lab.addresses("server")[1]
+    before = lab.nstat("client")
+    assert path2 in [e["address"] for e in ok_json(lab, "endpoint", "flush")]
+    assert ok_json(lab, "endpoint", "show") == []
+    wait_for(grew(lab, before, "RmAddr"), 30, "the kernel's RmAddr after the flush")
+    wait_for(lambda: not [s for s in our_subflows(lab) if path2 in str(s.get("local"))
+                          and s.get("state") == "ESTABLISHED"], 30,
+             "the subflow to path 2 to close", lambda: cli(lab, "subflow", "show").stdout)
+    assert our_subflows(lab), "the flush closed the initial subflow"
+
     wanted = ("endpoint_added", "announced", "sf_priority", "removed", "endpoint_removed",
               "limits_set")
     events = read_events(monitor.stdout, wanted, 30)

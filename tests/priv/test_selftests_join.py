@@ -31,6 +31,8 @@ def pre_add(n: int) -> list[Check]:
     return [Check(2, "AddAddr", ">=", n), Check(1, "EchoAdd", ">=", n)]
 
 
+RM = ("RmAddr", "RmAddrTx", "RmSubflow")     # our counters compared too (Case.check_ours)
+PRIO = ("MPPrioTx", "MPPrioRx")
 SERVER_ONLY = (KERNEL_SERVER,)
 CLIENT_ONLY = (KERNEL_CLIENT,)
 
@@ -118,6 +120,34 @@ CASES: list[Case] = [
          Ns(limits=(3, 3)), acts=[Act(1, "del", 3)], pre=pre_join(3),
          expect=chk_join_nr(3, 3, 3) + chk_add_nr(3, 3) + chk_rm_nr(3, 3, invert=True)
          + chk_rst_nr(0, 0)),
+    # flush (addr_nr_nsX=-8): the kernel sends ONE RM_ADDR with the ids of all announced
+    # endpoints and closes subflow-endpoint subflows without RM_ADDR; our side does the
+    # same (selftest_harness.flush_ours). "simult": RmSubflow of both sides summed
+    Case("flush subflows and signal", Ns(limits=(0, 3), eps=[ep(A(1, 2), "signal,backup")]),
+         Ns(limits=(1, 3), eps=[ep(A(2, 3), "subflow,backup"), ep(A(2, 4), "subflow,backup")]),
+         acts=[Act(1, "flush"), Act(2, "flush")], pre=pre_join(3), check_ours=RM, rm_ids=1,
+         expect=chk_join_nr(3, 3, 3) + chk_add_nr(1, 1) + chk_rm_nr(1, 3, invert=True, simult=True)
+         + chk_rst_nr(0, 0)),
+    Case("flush subflows", Ns(limits=(3, 3)),
+         Ns(limits=(3, 3), eps=[ep(A(2, 2), "subflow,backup", id=150), ep(A(2, 3), "subflow,backup"),
+                                ep(A(2, 4), "subflow,backup")]),
+         acts=[Act(1, "flush"), Act(2, "flush")], pre=pre_join(3), check_ours=RM,
+         expect=chk_join_nr(3, 3, 3) + chk_rm_tx_nr(0) + chk_rm_nr(0, 3, simult=True)
+         + chk_rst_nr(0, 0)),
+    Case("flush addresses",
+         Ns(limits=(3, 3), eps=[ep(A(1, 2), "signal,backup", id=250), ep(A(1, 3), "signal,backup"),
+                                ep(A(1, 4), "signal,backup")]),
+         Ns(limits=(3, 3)), acts=[Act(1, "flush"), Act(2, "flush")], pre=pre_join(3),
+         check_ours=RM, rm_ids=3,
+         expect=chk_join_nr(3, 3, 3) + chk_add_nr(3, 3) + chk_rm_nr(3, 3, invert=True, simult=True)
+         + chk_rst_nr(0, 0)),
+    Case("flush invalid addresses",
+         Ns(limits=(3, 3), eps=[ep("10.0.12.1", "signal,backup"), ep(A(1, 3), "signal,backup"),
+                                ep("10.0.14.1", "signal,backup")]),
+         Ns(limits=(3, 3)), acts=[Act(1, "flush")], check_ours=RM, rm_ids=3,
+         pre=[Check(1, "EchoAdd", ">=", 3), Check(2, "EchoAddTx", ">=", 3)] + pre_join(1),
+         expect=chk_join_nr(1, 1, 1, syn_tx=3) + chk_add_nr(3, 3) + chk_rm_nr(3, 1, invert=True)
+         + chk_rst_nr(0, 0)),
     Case("remove id 0 subflow", Ns(limits=(0, 1)), Ns(limits=(0, 1), eps=[ep(A(2, 3))]),
          acts=[Act(2, "del0")], pre=pre_join(1),
          expect=chk_join_nr(1, 1, 1) + chk_rm_nr(1, 1) + chk_rst_nr(0, 0)),
@@ -175,13 +205,54 @@ CASES: list[Case] = [
          Ns(limits=(0, 1), eps=[ep(A(1, 2), "signal", port=10100)]), Ns(limits=(1, 1)),
          acts=[Act(1, "del", 1)], pre=pre_join(1),
          expect=chk_join_nr(1, 1, 1) + chk_add_nr(1, 1, port=1) + chk_rm_nr(1, 1, invert=True)),
+    Case("flush subflows and signal with port",
+         Ns(limits=(0, 3), eps=[ep(A(1, 2), "signal", port=10100)]),
+         Ns(limits=(1, 3), eps=[ep(A(2, 3)), ep(A(2, 4))]),
+         acts=[Act(1, "flush"), Act(2, "del", 2)], pre=pre_join(3), check_ours=RM, rm_ids=1,
+         expect=chk_join_nr(3, 3, 3) + chk_add_nr(1, 1) + chk_rm_nr(1, 3, invert=True, simult=True)),
     Case("multiple addresses with port",
          Ns(limits=(2, 2), eps=[ep(A(1, 2), "signal", port=10100), ep(A(1, 3), "signal", port=10100)]),
          Ns(limits=(2, 2)), expect=chk_join_nr(2, 2, 2) + chk_add_nr(2, 2, port=2)),
+    # "mpc ...": the initial subflow's endpoint (10.0.x.1/.2 of link 1) carries the backup
+    # flag, or gets it mid-connection: MP_PRIO on the initial subflow, data still flows
+    Case("mpc backup", Ns(), Ns(eps=[ep(A(2, 1), "subflow,backup")]), hold=0.5, check_ours=PRIO,
+         expect=chk_join_nr(0, 0, 0) + chk_prio_nr(0, 1, 0, 0)),
+    # ns2 reaches 10.0.2.1 through link 1 (upstream: ip route add 10.0.2.1 via 10.0.1.1):
+    # its join to the announced address leaves from the backup MPC endpoint
+    Case("mpc backup both sides",
+         Ns(limits=(0, 2), eps=[ep(A(1, 1), "signal,backup"), ep(A(1, 2), "signal")]),
+         Ns(limits=(1, 2), eps=[ep(A(2, 1), "subflow,backup"), ep(A(2, 2))],
+            routes=((A(1, 2), 1),)),
+         pre=pre_join(2), hold=0.3, check_ours=PRIO,
+         expect=chk_join_nr(2, 2, 2) + chk_prio_nr(1, 1, 1, 1)),
+    Case("mpc switch to backup", Ns(), Ns(eps=[ep(A(2, 1))]),
+         acts=[Act(1, "change", flags="backup"), Act(2, "change", flags="backup")],
+         check_ours=PRIO, expect=chk_join_nr(0, 0, 0) + chk_prio_nr(0, 1, 0, 0)),
+    Case("mpc switch to backup both sides", Ns(eps=[ep(A(1, 1))]), Ns(eps=[ep(A(2, 1))]),
+         acts=[Act(1, "change", flags="backup"), Act(2, "change", flags="backup")],
+         check_ours=PRIO, expect=chk_join_nr(0, 0, 0) + chk_prio_nr(1, 1, 0, 0)),
     # -------------------------------------------------------------- syncookies_tests
     Case("single subflow with syn cookies",
          Ns(limits=(0, 1), sysctls=("net.ipv4.tcp_syncookies=2",)),
          Ns(limits=(0, 1), eps=[ep(A(2, 3))]), expect=chk_join_nr(1, 1, 1), roles=SERVER_ONLY),
+    Case("multiple subflows with syn cookies",
+         Ns(limits=(0, 2), sysctls=("net.ipv4.tcp_syncookies=2",)),
+         Ns(limits=(0, 2), eps=[ep(A(2, 3)), ep(A(2, 2))]), expect=chk_join_nr(2, 2, 2),
+         roles=SERVER_ONLY),
+    # syncookies with limits: the kernel checks its subflow limit only once the cookie's
+    # join is validated, so the rejected join may get its SYN/ACK (upstream: 2 1 1, a
+    # synack count up to syn is tolerated with cookies; see chk_join_nr)
+    Case("subflows limited by server w cookies",
+         Ns(limits=(0, 1), sysctls=("net.ipv4.tcp_syncookies=2",)),
+         Ns(limits=(0, 2), eps=[ep(A(2, 3)), ep(A(2, 2))]),
+         expect=chk_join_nr(2, 1, 1, syn_rej=1, cookies=True), roles=SERVER_ONLY),
+    Case("signal address with syn cookies",
+         Ns(limits=(0, 1), eps=[ep(A(1, 2), "signal")], sysctls=("net.ipv4.tcp_syncookies=2",)),
+         Ns(limits=(1, 1)), expect=chk_join_nr(1, 1, 1) + chk_add_nr(1, 1), roles=SERVER_ONLY),
+    Case("subflow and signal w cookies",
+         Ns(limits=(0, 2), eps=[ep(A(1, 2), "signal")], sysctls=("net.ipv4.tcp_syncookies=2",)),
+         Ns(limits=(1, 2), eps=[ep(A(2, 3))]),
+         expect=chk_join_nr(2, 2, 2) + chk_add_nr(1, 1), roles=SERVER_ONLY),
     Case("subflows and signal w. cookies",
          Ns(limits=(0, 3), eps=[ep(A(1, 2), "signal")], sysctls=("net.ipv4.tcp_syncookies=2",)),
          Ns(limits=(1, 3), eps=[ep(A(2, 3)), ep(A(2, 4))]),

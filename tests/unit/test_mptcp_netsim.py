@@ -454,8 +454,38 @@ def test_mp_prio_backup():
     s.set_prio(victim, True)
     p.run(0.5)
     peer = [sf for sf in c.subflows if sf.remote == victim.local and sf.local == victim.remote][0]
-    assert peer.backup and peer.peer_backup
+    assert peer.peer_backup and not peer.backup   # the peer's wish; ours unchanged
     assert p.a.stats["mp_prio_rx"] == 1
+
+
+def test_mp_prio_ours_after_peers():
+    """Both ends set the same subflow to backup ("mpc switch to backup both sides"): the
+    peer's MP_PRIO must not stop ours (it set only peer_backup), and each side counts one
+    received, as the kernel does."""
+    p = Pair(paths=1)
+    c, s = p.connect()
+    p.run(1.0)
+    s.set_prio(s.subflows[0], True)
+    p.run(0.5)
+    assert c.subflows[0].peer_backup and not c.subflows[0].backup
+    c.set_prio(c.subflows[0], True)
+    p.run(0.5)
+    assert p.a.stats["mp_prio_rx"] == 1 and p.b.stats["mp_prio_rx"] == 1
+    assert s.subflows[0].peer_backup and s.subflows[0].backup
+
+
+def test_remove_addr_counts_each_id():
+    """One REMOVE_ADDR with several ids (a flush, 8684 §3.4.2): RmAddr / RmAddrTx count
+    each id, as the kernel's MIB does (its selftests expect 3 for a 3-address flush)."""
+    p = Pair(paths=3)
+    c, s = p.connect()
+    p.run(1.0)
+    gone = [a.id for a in p.b.addresses[1:]]
+    s.remove_addr(gone)
+    p.run(2.0)
+    assert p.b.stats["rm_addr_tx"] == len(gone) == 2
+    assert p.a.stats["rm_addr_rx"] == 2
+    assert {str(sf.remote_addr) for sf in c.subflows} == {p.b_addrs[0]}
 
 
 def test_fastclose():

@@ -16,6 +16,7 @@ class LocalAddr:
     address: object
     backup: bool = False
     port: int = 0
+    flags: frozenset | None = None
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeConn:
     announced: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     prio: list = field(default_factory=list)
+    closed_local: list = field(default_factory=list)
 
     def local_addresses(self):
         return list(self.locals_)
@@ -65,6 +67,9 @@ class FakeConn:
 
     def remove_addr(self, ids):
         self.removed.extend(ids)
+
+    def close_local(self, ids):
+        self.closed_local.extend(ids)
 
     def set_prio(self, sf, backup):
         self.prio.append((sf.id, backup))
@@ -161,6 +166,30 @@ def test_fullmesh_local_address_events():
     c.subflows.pop()
     p.on_timer(c, 100.0)
     assert len(c.opened) == 1           # a down address is not rejoined
+
+
+def test_fullmesh_delete_unused_unannounced_address_sends_nothing():
+    c = conn_2x2(role="server")        # a server opens no subflows from its addresses
+    p = pm("fullmesh")
+    extra = LocalAddr(7, ip("10.0.7.1"), flags=frozenset({"subflow"}))
+    c.locals_.append(extra)
+    p.on_established(c)
+    p.on_local_address_change(c, "down", extra)
+    assert c.removed == []              # neither announced nor used: no RM_ADDR (kernel)
+
+
+def test_fullmesh_flush_one_rm_addr_for_announced_ids():
+    c = conn_2x2(role="server")
+    p = pm("fullmesh")
+    p.on_established(c)
+    announced = {a[0] for a in c.announced}
+    assert announced == {1, 2}          # a server announces its other addresses
+    extra = LocalAddr(7, ip("10.0.7.1"), flags=frozenset({"subflow"}))
+    p.on_local_addresses_flushed(c, c.locals_[1:] + [extra])
+    assert c.removed == [1, 2]          # one RM_ADDR with the announced ids only
+    assert c.closed_local == [7]        # the others: subflows closed, no RM_ADDR
+    p.on_timer(c, 100.0)
+    assert c.opened == []               # a server opens nothing, flushed or not
 
 
 def test_fullmesh_retries_unreachable_pairs_with_backoff():
