@@ -256,8 +256,11 @@ def replay(proto: str, total: int, csum: bool, side: str, rec: dict, batch: int 
         pump()
     cpu = time.process_time() - c0
     ok = app.done()
+    stats = getattr(h, "stats", None)
+    thinned = stats.get("rx_acks_thinned", 0) if stats is not None else \
+        getattr(h, "acks_thinned", 0)
     return {"cpu": cpu, "bytes": total, "segs": sink.n,
-            "ok": ok, "out": sink.n, "in": n_in}
+            "ok": ok, "out": sink.n, "in": n_in, "thinned": thinned}
 
 
 def report(name: str, r: dict, data_segs: int) -> None:
@@ -266,7 +269,8 @@ def report(name: str, r: dict, data_segs: int) -> None:
     print(f"{name:10s} {r['bytes'] / 1e6:7.1f} MB  cpu {cpu:6.2f} s  "
           f"goodput/cpu-s {mbps:7.1f} Mbit/s"
           f"  {data_segs / cpu:9.0f} data segs/s  {cpu / data_segs * 1e6:6.1f} us/data seg"
-          + (f"  (replay ok={r['ok']}, {r['in']} in, {r['out']} out)" if "ok" in r else "")
+          + (f"  (replay ok={r['ok']}, {r['in']} in, {r['out']} out, "
+             f"{r['thinned']} ACKs thinned)" if "ok" in r else "")
           + (f"  ({r['packets']} packets, {r['virtual']:.2f} s virtual)"
              if "packets" in r else ""))
 
@@ -294,8 +298,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="repeat and print each run")
     ap.add_argument("--profile", action="store_true", help="cProfile top-20 (tottime)")
     ap.add_argument("--batch", type=int, default=1,
-                    help="plain TCP (full run and receiver replay): packets that arrive "
-                         "together go in as one batch (PlainHost.input_batch: one ACK per batch)")
+                    help="packets that arrive together (at most N) go in as one batch "
+                         "(input_batch: one ACK per subflow and batch, GRO, ACK thinning)")
     ap.add_argument("--no-tx-csum", action="store_true",
                     help="subflows leave the TCP checksum to the datapath (sf.tx_csum = False)")
     a = ap.parse_args()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mptcp_bpf.tcp.congestion import CcGroup, CongestionControl
+from mptcp_bpf.tcp.congestion import CcGroup, CongestionControl, slow_start
 
 
 BATCH_FRACTION = 8  # apply the coupled increase after every cwnd / 8 bytes acked
@@ -62,8 +62,9 @@ class CoupledCC(CongestionControl):
         if not sf.cwnd_limited:
             return
         if sf.cwnd < sf.ssthresh:
-            sf.cwnd += min(acked, sf.mss)
-            return
+            acked = slow_start(sf, acked)   # bytes acked, as Linux (tcp.congestion)
+            if not acked:
+                return
         pending = self._acked + acked
         if pending * BATCH_FRACTION < sf.cwnd:
             self._acked = pending

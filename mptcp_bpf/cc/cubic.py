@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mptcp_bpf.tcp.congestion import CongestionControl
+from mptcp_bpf.tcp.congestion import CongestionControl, slow_start
 
 
 def cubic_window(t: float, w_max: float, k: float, c: float) -> float:
@@ -40,8 +40,9 @@ class Cubic(CongestionControl):
         if not sf.cwnd_limited:
             return
         if sf.cwnd < sf.ssthresh:
-            sf.cwnd += min(acked, sf.mss)
-            return
+            acked = slow_start(sf, acked)   # bytes acked, as Linux (tcp.congestion)
+            if not acked:
+                return
         w = sf.cwnd / sf.mss
         if self.epoch_start is None:
             self.epoch_start = now

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from mptcp_bpf.cc.base import CoupledCC
 from mptcp_bpf.cc.lia import lia_increase
+from mptcp_bpf.tcp.congestion import slow_start as grow
 
 INITIAL_ALPHA = 2
 TOTAL_ALPHA = 10
@@ -125,14 +126,16 @@ class Wvegas(CoupledCC):
                 self.base_rtt = rtt
             if self._rtt_cnt == 0 or rtt < self._rtt_min:
                 self._rtt_min = rtt
-            self._rtt_cnt += 1
+            # one sample per 2 MSS acked, as HyStart++ counts them: a stretch or thinned
+            # ACK (wire.gro.thin_acks) stands for the ACKs it replaced
+            self._rtt_cnt += max(1, acked // (2 * sf.mss))
         self._round_acked += acked
         if self._epoch_end is None:
             self._epoch_end = now + (sf.srtt or rtt or 0.0)
         slow_start = sf.cwnd < sf.ssthresh
         if now < self._epoch_end:
             if slow_start and sf.cwnd_limited:
-                sf.cwnd += min(acked, sf.mss)
+                grow(sf, acked)   # bytes acked, as tcp_slow_start
             return
         self._epoch_end = now + (sf.srtt or rtt or 0.0)
         cnt, rtt_round, round_acked = self._rtt_cnt, self._rtt_min, self._round_acked
@@ -163,7 +166,7 @@ class Wvegas(CoupledCC):
         self.min_queue_delay = step.min_queue_delay
         if slow_start and not step.leave_slow_start:
             if sf.cwnd_limited:
-                sf.cwnd += min(acked, sf.mss)
+                grow(sf, acked)   # bytes acked, as tcp_slow_start
             return
         sf.cwnd = max(2 * sf.mss, int(step.cwnd * sf.mss))
         if step.leave_slow_start or sf.cwnd < sf.ssthresh:

@@ -24,7 +24,7 @@ from mptcp_bpf.tcp.subflow import Subflow
 from mptcp_bpf.wire import WireError
 from mptcp_bpf.wire.checksum import csum_partial
 from mptcp_bpf.wire.crypto import key_token_idsn
-from mptcp_bpf.wire.gro import coalesce
+from mptcp_bpf.wire.gro import coalesce, thin_acks
 from mptcp_bpf.wire.mptcp import MpCapable, MpJoinSyn, parse_mptcp
 from mptcp_bpf.wire.packet import build_tcp_packet, parse_ip_packet
 from mptcp_bpf.wire.tcp import parse_tcp_options
@@ -389,7 +389,8 @@ class Host:
             return
         self._input_parsed(p, now, meta)
 
-    def _input_parsed(self, p: Any, now: float, meta: Any) -> None:
+    def _input_parsed(self, p: Any, now: float, meta: Any) -> Any:
+        """Returns the subflow endpoint the packet went to (None: no subflow)."""
         key = (p.dst, p.dport, p.src, p.sport)
         msf = self._sfs.get(key) or self._pending.get(key)
         if msf is not None:
@@ -400,10 +401,11 @@ class Host:
             c = msf.conn
             if p.flags & _RST and p.options:
                 c._on_rst_options(msf, p.options)
-            msf.tcp.input(p, now)
+            tcp = msf.tcp
+            tcp.input(p, now)
             self._cur_meta = None
             self._after_event(c, now)
-            return
+            return tcp
         flags = p.flags
         if flags & _RST:
             return
@@ -444,7 +446,9 @@ class Host:
 
     def input_batch(self, packets: Any, now: float) -> None:
         """Packets that arrived together (one RX batch): items are packets or (packet,
-        meta) pairs. Runs of in-order segments of one subflow are merged first (wire.gro,
+        meta) pairs. Pure cumulative ACKs that a later ACK of the same subflow in the batch
+        supersedes are dropped (wire.gro.thin_acks, `rx_acks_thinned`; never duplicate
+        ACKs or SACKs), then runs of in-order segments of one subflow are merged (wire.gro,
         as GRO; counted in `rx_coalesced`). Each subflow ACKs its in-order data once at the
         end of the batch (Subflow.defer_ack) and each connection pushes queued data once,
         instead of per segment. A packet that raises is counted (`input_errors`) and
@@ -453,19 +457,23 @@ class Host:
         self._batch = due
         self.now = now
         try:
-            items = [item if type(item) is tuple else (item, None) for item in packets]
+            # pure ACKs superseded by a later one of their subflow in this batch are
+            # dropped before TCP sees them (wire.gro.thin_acks)
+            items, thinned = thin_acks(packets if type(packets) is list else list(packets))
+            if thinned:
+                self.count("rx_acks_thinned", thinned)
             # runs of in-order segments of one subflow go in as one (wire.gro)
             for p, meta, k in coalesce(items, fast_path_sum, self._bad_packet):
+                sf = None
                 try:
-                    self._input_parsed(p, now, meta)
+                    sf = self._input_parsed(p, now, meta)
                 except Exception:
                     self.count("input_errors")
                 if k > 1:
                     self.count("rx_coalesced", k - 1)
-                    msf = self._sfs.get((p.dst, p.dport, p.src, p.sport))
-                    if msf is not None and msf.tcp is not None:
-                        msf.tcp.segs_in += k - 1        # counted per wire segment
-                        msf.tcp.data_segs_in += k - 1
+                    if sf is not None:
+                        sf.segs_in += k - 1        # counted per wire segment
+                        sf.data_segs_in += k - 1
         finally:
             self._batch = None
             self._flush(now)

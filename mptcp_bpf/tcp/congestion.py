@@ -53,18 +53,23 @@ class CongestionControl:
             self.group.members.remove(sf)
 
     def on_ack(self, sf: CcSubflow, acked: int, rtt: float | None, now: float) -> None:
-        """New data acknowledged outside loss recovery (RFC 5681 §3.1)."""
+        """New data acknowledged outside loss recovery (RFC 5681 §3.1), counted in bytes
+        (RFC 3465): one ACK that stands for several (stretch ACKs of a GRO receiver, ACKs
+        thinned in our receive batch) grows cwnd as much as the ACKs it replaces."""
         if not sf.cwnd_limited:
             return  # RFC 7661: do not grow a window the sender is not using
         if sf.cwnd < sf.ssthresh:
-            # RFC 3465 (L = 2): stretch ACKs (batched or GRO receivers) do not stall slow start
-            inc = min(acked, 2 * sf.mss)
-            hs = self.hystart
-            if hs is not None and sf.ssthresh >= INFINITE_SSTHRESH:
-                inc = hs.slow_start(sf, inc, rtt)
-            sf.cwnd += inc
-        else:
-            sf.cwnd += max(1, sf.mss * acked // sf.cwnd)  # per byte acked (RFC 3465), as Linux
+            acked = self.slow_start(sf, acked, rtt)
+            if not acked:
+                return
+        sf.cwnd += max(1, sf.mss * acked // sf.cwnd)  # per byte acked (RFC 3465), as Linux
+
+    def slow_start(self, sf: CcSubflow, acked: int, rtt: float | None) -> int:
+        """Byte-counting slow start with HyStart++ (when on): see `slow_start` below."""
+        hs = self.hystart
+        if hs is not None and sf.ssthresh >= INFINITE_SSTHRESH:
+            return slow_start(sf, acked, hs, rtt)
+        return slow_start(sf, acked)
 
     def ssthresh_on_loss(self, sf: CcSubflow) -> int:
         """RFC 5681 §3.1: half the data outstanding (SACKed bytes included)."""
@@ -85,6 +90,31 @@ class CongestionControl:
 
 
 Reno = CongestionControl
+
+
+def slow_start(sf: CcSubflow, acked: int, hystart: "HyStart | None" = None,
+               rtt: float | None = None) -> int:
+    """Grow cwnd by the bytes acked up to ssthresh (Linux tcp_slow_start); return the
+    bytes left over for congestion avoidance. Controllers with their own congestion
+    avoidance (mptcp_bpf.cc) call it for their slow start.
+
+    L limit (RFC 3465 §2.3): none in the initial slow start, as Linux: a stretch ACK
+    reports data that really left the network, and the burst it releases is the one its
+    unthinned ACKs (same RX batch, wire.gro.thin_acks) would have released. In the slow
+    start after an RTO (`in_loss`) L = 1 SMSS as RFC 3465 §2.3 asks: there one cumulative
+    ACK can jump over data the receiver held out of order, which says nothing of the path.
+    """
+    inc = acked
+    if inc > sf.mss and getattr(sf, "in_loss", False):
+        inc = sf.mss
+    if hystart is not None:
+        inc = hystart.slow_start(sf, inc, rtt, acked)
+    room = sf.ssthresh - sf.cwnd
+    if inc >= room:
+        sf.cwnd = sf.ssthresh
+        return max(0, inc - room)   # what L and HyStart let count goes on in CA
+    sf.cwnd += inc
+    return 0
 
 
 class HyStart:
@@ -114,9 +144,13 @@ class HyStart:
         self.css_base: float | None = None   # set while in conservative slow start (CSS)
         self.css_rounds = 0
 
-    def slow_start(self, sf: Any, inc: int, rtt: float | None) -> int:
+    def slow_start(self, sf: Any, inc: int, rtt: float | None, acked: int = 0) -> int:
         """The slow-start increase for this ACK (RFC 9406 §4.2); may end slow start by
-        setting ssthresh (after CSS_ROUNDS rounds of CSS)."""
+        setting ssthresh (after CSS_ROUNDS rounds of CSS).
+
+        An ACK counts as one RTT sample per 2 MSS it acks (at least one): what a receiver
+        ACKing every second segment gives, so stretch or thinned ACKs do not leave a round
+        short of N_RTT_SAMPLE samples (all of them carry the same, newest, RTT)."""
         una = getattr(sf, "snd_una", None)
         if una is None:
             return inc  # a synthetic subflow without sequence numbers: plain slow start
@@ -131,7 +165,7 @@ class HyStart:
         if rtt is not None and rtt > 0:
             if rtt < self.cur_min:
                 self.cur_min = rtt
-            self.samples += 1
+            self.samples += max(1, acked // (2 * sf.mss))
         enough = self.samples >= self.N_RTT_SAMPLE and self.cur_min < _INF
         if self.css_base is None:
             if enough and self.last_min < _INF:

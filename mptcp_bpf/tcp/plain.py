@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from mptcp_bpf.timers import TimerWheel
 from mptcp_bpf.wire.errors import WireError
+from mptcp_bpf.wire.gro import thin_acks
 from mptcp_bpf.wire.packet import InPacket, build_tcp_packet, parse_ip_packet
 
 from .congestion import CongestionControl
@@ -121,6 +122,7 @@ class PlainHost:
         self.conns: dict[Key, PlainConn] = {}
         self.listeners: dict[int, Callable[[PlainConn], None]] = {}
         self.dropped = 0
+        self.acks_thinned = 0   # pure ACKs dropped by input_batch (wire.gro.thin_acks)
         self.rsts_sent = 0
         self._next_port = 40000 + self.rng.randrange(20000)
         self._batch: list[Subflow] | None = None
@@ -150,11 +152,15 @@ class PlainHost:
 
     def input_batch(self, packets: Any, now: float) -> None:
         """Packets that arrived together: in-order data is ACKed once per subflow at the
-        end of the batch (Subflow.defer_ack) instead of every second segment."""
+        end of the batch (Subflow.defer_ack) instead of every second segment, and pure
+        ACKs a later one supersedes are dropped first (wire.gro.thin_acks, counted in
+        `acks_thinned`)."""
         due: list[Subflow] = []
         self._batch = due
+        pkts, thinned = thin_acks(packets if type(packets) is list else list(packets))
+        self.acks_thinned += thinned
         try:
-            for pkt in packets:
+            for pkt in pkts:
                 self.input(pkt, now)
         finally:
             self._batch = None

@@ -105,7 +105,7 @@ def test_slow_start_and_loss_are_reno():
     sf = sfs[0]
     sf.ssthresh = 1 << 30
     ctls[0].on_ack(sf, 1500, 0.1, 0.0)
-    assert sf.cwnd == 11 * MSS
+    assert sf.cwnd == 10 * MSS + 1500   # slow start counts the bytes acked (RFC 3465)
     sf.in_flight = 11 * MSS
     ctls[0].on_enter_recovery(sf, 0.0)
     assert sf.cwnd == sf.ssthresh == 5500
