@@ -5,26 +5,11 @@ checksums, and a blocking connect() that wakes on establishment."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
+from cc_fake import MSS, Sf
 from test_mptcp_netsim import Pair, sha
 
 from mptcp_bpf.tcp.congestion import INFINITE_SSTHRESH, CongestionControl
-
-MSS = 1000
-
-
-@dataclass(eq=False)
-class Sf:
-    cwnd: int = 10 * MSS
-    ssthresh: int = INFINITE_SSTHRESH
-    mss: int = MSS
-    srtt: float | None = 0.01
-    min_rtt: float | None = 0.01
-    in_flight: int = 0
-    cwnd_limited: bool = True
-    snd_una: int = 0
-    snd_nxt: int = 0
 
 
 def _slow_start(base_rtt: float, bdp: int, rounds: int) -> tuple[Sf, int | None]:

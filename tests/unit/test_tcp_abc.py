@@ -4,30 +4,21 @@ receive batch) grow cwnd as the ACKs they replace do."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
-from mptcp_bpf.tcp.congestion import INFINITE_SSTHRESH, CongestionControl, HyStart
+from cc_fake import MSS
+from cc_fake import Sf as _Sf
 
-MSS = 1000
-
-
-@dataclass(eq=False)
-class Sf:
-    cwnd: int = 10 * MSS
-    ssthresh: int = INFINITE_SSTHRESH
-    mss: int = MSS
-    srtt: float | None = 0.01
-    min_rtt: float | None = 0.01
-    in_flight: int = 0
-    cwnd_limited: bool = True
-    in_loss: bool = False
-    snd_una: int = 0
-    snd_nxt: int = 100 * MSS
+from mptcp_bpf.tcp.congestion import CongestionControl, HyStart
 
 
-def grow(acks: list[int], hystart: bool = False, **kw) -> Sf:
+def Sf(**kw) -> _Sf:
+    """A subflow with 100 segments sent (HyStart++ rounds end at snd_nxt)."""
+    kw.setdefault("snd_nxt", 100 * MSS)
+    return _Sf(**kw)
+
+
+def grow(acks: list[int], hystart: bool = False, **kw) -> _Sf:
     sf = Sf(**kw)
     cc = CongestionControl({"hystart": hystart})
     for a in acks:
