@@ -49,7 +49,7 @@ def setup(lab: Any, rate: int, delay: float, aqm: Any) -> None:
     aqm.attach(lab, 1, "up", rate)
 
 
-def set_aqm(lab: Any, aqm: Any, rate: int, vs: str) -> None:
+def set_aqm(lab: Any, aqm: Any, vs: str) -> None:
     """The early-drop thresholds for this competitor; resets the counters (per-run stats)."""
     lo, hi = AQM_MS.get(vs, AQM_MS["reno"])
     aqm.set_thresholds(lab, 1, "up", lo, hi)
@@ -103,11 +103,11 @@ def trial(lab: Any, cc: str, subflows: int, seconds: float, warmup: float,
 
 
 def run(lab: Any, todo: list[tuple[str, int, str]], seconds: float, warmup: float,
-        aqm: Any, rate: int, vegas_name: str = "") -> list[dict[str, Any]]:
+        aqm: Any, vegas_name: str = "") -> list[dict[str, Any]]:
     rows = []
     for cc, subflows, vs in todo:
         kcc = vegas_name if vs == VEGAS else vs
-        set_aqm(lab, aqm, rate, vs)
+        set_aqm(lab, aqm, vs)
         try:
             r = trial(lab, cc, subflows, seconds, warmup, kcc)
         except RuntimeError as exc:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 from mptcp_bpf.lab.bpf_cc import registered_vegas
                 stack.enter_context(registered_vegas(a.vegas_name, a.vegas_alpha, a.vegas_beta))
             stack.enter_context(X.fast_path(lab, ["client"]))
-            rows = run(lab, todo, seconds, warmup, aqm, rate, a.vegas_name)
+            rows = run(lab, todo, seconds, warmup, aqm, a.vegas_name)
     finally:
         if aqm is not None:
             aqm.close()

@@ -56,17 +56,13 @@ class Aqm:
         10-50 Mbit/s, well below the TBF's 100 ms limit, so drops are early, not tail)."""
         if rate <= 0:
             raise HintedError(f"rate {rate}", "give the bottleneck's rate in bit/s")
-        if not 0 < max_p <= 1 or not 0 <= min_ms < max_ms:
-            raise HintedError("bad thresholds", "need 0 <= min_ms < max_ms and 0 < max_p <= 1")
         ns = lab.ns("wire")
         dev = self.device(lab, path, dir)
         ifindex = int(lab.state["ifindex"][dev])
         bps = rate // 8
         entry = self._table.Leaf()
         entry.rate = bps
-        entry.min_th = int(bps * min_ms / 1000)
-        entry.max_th = int(bps * max_ms / 1000)
-        entry.max_p = int(max_p * (1 << 32))
+        _thresholds(entry, min_ms, max_ms, max_p)
         entry.burst = impair.tbf_params(rate, None)[0]
         self._table[self._table.Key(ifindex)] = entry
         shown = sh.run(["tc", "-n", ns, "qdisc", "show", "dev", dev], check=False)
@@ -84,13 +80,9 @@ class Aqm:
                        max_p: float = 0.1, reset: bool = True) -> None:
         """New early-drop thresholds on an attached bottleneck (attaching twice would run
         the program twice per frame); `reset` zeroes its counters."""
-        if not 0 < max_p <= 1 or not 0 <= min_ms < max_ms:
-            raise HintedError("bad thresholds", "need 0 <= min_ms < max_ms and 0 < max_p <= 1")
         key = self._table.Key(int(lab.state["ifindex"][self.device(lab, path, dir)]))
         e = self._table[key]
-        e.min_th = int(e.rate * min_ms / 1000)
-        e.max_th = int(e.rate * max_ms / 1000)
-        e.max_p = int(max_p * (1 << 32))
+        _thresholds(e, min_ms, max_ms, max_p)
         if reset:
             e.passed = e.early_drops = e.forced_drops = e.max_backlog = 0
         self._table[key] = e
@@ -126,3 +118,10 @@ class Aqm:
         self.close()
 
 
+def _thresholds(entry: Any, min_ms: float, max_ms: float, max_p: float) -> None:
+    """Early-drop thresholds of a map entry whose `rate` (bytes/s) is set."""
+    if not 0 < max_p <= 1 or not 0 <= min_ms < max_ms:
+        raise HintedError("bad thresholds", "need 0 <= min_ms < max_ms and 0 < max_p <= 1")
+    entry.min_th = int(entry.rate * min_ms / 1000)
+    entry.max_th = int(entry.rate * max_ms / 1000)
+    entry.max_p = int(max_p * (1 << 32))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mptcp_bpf.tcp.subflow import ACK
 from mptcp_bpf.wire.checksum import csum_partial, dss_checksum
 
 from .options import dss_bytes
@@ -269,11 +270,7 @@ class SendMixin:
         promise (fallback and infinite mappings depend on the segment)."""
         if self.fallback or msf.infinite_tx:
             return None
-        if not msf.join and self.role == "client" and not self._rx_base_known:
-            return b""
-        if self._rx_base_known:
-            return dss_bytes((self.remote_idsn + self.rcv_nxt) & MASK64)
-        return b""
+        return self._ack_options(msf, None, 1, ACK)
 
     # ------------------------------------------------------------ data ACK
     def _rx_data_ack(self, msf: MpSubflow, ack: int, ack8: bool, window: int | None) -> None:

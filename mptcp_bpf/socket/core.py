@@ -351,26 +351,21 @@ class MptcpSocket(enhanced.EnhancedMixin):
                 chunk = view[:SEND_CHUNK]
                 # the kernel's TX work (sendto) waits until the lock is released, so the
                 # loop thread can take ACKs meanwhile (Stack.defer_kicks)
-                deferring = hasattr(stack, "kick_tx")
-                if deferring:
-                    stack.defer_kicks(True)
+                stack.defer_kicks(True)
                 try:
                     n = stack.call(c.send, bytes(chunk) if isinstance(chunk, memoryview)
                                    else chunk, time.monotonic())
                 except BaseException:
-                    if deferring:
-                        stack.kick_tx()
+                    stack.kick_tx()
                     raise
                 if n:
                     break
-                if deferring:
-                    stack.kick_tx()  # nothing deferred may wait while we block
+                stack.kick_tx()  # nothing deferred may wait while we block
                 if nonblock:
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                 self._wait(lambda: bool(c.error) or self._closed or c.writable(), deadline)
                 self._check_open()
-        if deferring:
-            stack.kick_tx()  # also ends this thread's deferral
+        stack.kick_tx()  # also ends this thread's deferral
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:

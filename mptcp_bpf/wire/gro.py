@@ -85,7 +85,7 @@ def _pure_ack(raw: Any) -> tuple[bytes, int] | None:
         elif k != 8:
             return None
         i += ln
-    return (h[12:24] if o == 20 else h[8:44]), _from(h[o + 8:o + 12], "big")
+    return _flow_key(h), _from(h[o + 8:o + 12], "big")
 
 
 def thin_acks(items: list[Any]) -> tuple[list[Any], int]:
